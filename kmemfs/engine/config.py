@@ -1,0 +1,26 @@
+"""Build-time and boot-time choices of the modelled kernel."""
+from dataclasses import dataclass, fields
+
+RESOURCE_MAX = 9223372036854775807  # LLONG_MAX: "unlimited" in res_counter
+
+
+@dataclass(frozen=True)
+class Config:
+    # CONFIG_CGROUP_MEM_RES_CTLR_KMEM_ACCT_ROOT (patch 08/10), default n in its Kconfig.
+    acct_root: bool = False
+    # CONFIG_CGROUP_MEM_RES_CTLR_SWAP with swapaccount=1: the memsw counters and files.
+    swap_account: bool = True
+    page_size: int = 4096
+    # Feeds SLAB's free_limit = (1 + nr_cpus) * batchcount + num.
+    nr_cpus: int = 1
+    # Per-CPU charge stock (CHARGE_BATCH, 32 pages in 3.3). 0 keeps counters exact.
+    charge_batch: int = 0
+    # Populate the original caches with the catalogue's own object counts, as a booted machine has.
+    boot_slabs: bool = True
+    max_kmem_cache_types: int = 300   # MAX_KMEM_CACHE_TYPES in v1/10 (spec 3.2)
+    max_memcgs: int = 65535           # CSS_ID_MAX: mkdir beyond it is ENOSPC
+    vm_swappiness: int = 60           # what root's memory.swappiness shows
+    event_log_size: int = 100000
+
+    def items(self):
+        return [(f.name, getattr(self, f.name)) for f in fields(self)]

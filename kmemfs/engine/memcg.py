@@ -1,0 +1,110 @@
+"""struct mem_cgroup of 3.3 with the series' kmem fields (spec 1, 8), and tasks."""
+from .res_counter import ResCounter
+from .slab import Owner
+
+# memory.stat local keys in 3.3 order; "swap" only with swap accounting (spec 8.4),
+# kernel_bypassed_memory appended by patch 07/10 (spec 1.5, 2.7).
+STAT_KEYS = ("cache", "rss", "mapped_file", "pgpgin", "pgpgout", "swap", "pgfault", "pgmajfault",
+             "inactive_anon", "active_anon", "inactive_file", "active_file", "unevictable",
+             "kernel_bypassed_memory")
+
+
+class Memcg:
+    __slots__ = ("name", "parent", "children", "res", "memsw", "kmem", "tcp",
+                 "use_hierarchy", "swappiness", "oom_kill_disable", "under_oom",
+                 "move_charge_at_immigrate", "independent_kmem_limit", "kmem_bypassed",
+                 "slabs", "tasks", "cache_bytes", "rss_bytes", "pgpgin", "pgpgout", "pgfault",
+                 "pool", "dcache", "files", "oom_wake_seq", "removed", "kmem_leaked", "quirks",
+                 "notify_on_release", "id", "kmem_in_res", "kmem_in_memsw")
+
+    def __init__(self, name: str, parent=None, id: int = 0, swappiness: int = 60):
+        self.name = name
+        self.parent = parent
+        self.id = id
+        self.children = {}            # basename -> Memcg, in creation order
+        hier = parent is not None and parent.use_hierarchy
+        # 3.3 mem_cgroup_create: res/memsw parents only under a hierarchical parent.
+        self.res = ResCounter(parent.res if hier else None, self)
+        self.memsw = ResCounter(parent.memsw if hier else None, self)
+        # patch 01/10: the kmem counter's parent only if the parent is hierarchical and not root.
+        kparent = parent.kmem if hier and parent.parent is not None else None
+        self.kmem = ResCounter(kparent, self)
+        self.tcp = ResCounter(None, self)
+        self.use_hierarchy = parent.use_hierarchy if parent else False
+        self.oom_kill_disable = parent.oom_kill_disable if parent else False
+        self.swappiness = swappiness
+        self.move_charge_at_immigrate = 0   # 3.3 sets 0 at creation: not inherited
+        self.notify_on_release = parent.notify_on_release if parent else False
+        self.under_oom = 0
+        self.independent_kmem_limit = False  # memcg_kmem_init: every memcg starts at 0
+        self.kmem_bypassed = 0
+        self.slabs = {}               # original cache id -> this memcg's copy
+        self.tasks = {}               # pid -> Task, membership
+        self.cache_bytes = 0          # page cache charged here (reclaimable)
+        self.rss_bytes = 0            # anonymous pages charged here
+        self.pgpgin = self.pgpgout = self.pgfault = 0
+        self.pool = Owner(f"cgroup {name}", self)     # objects of `alloc`/`kmalloc`
+        self.dcache = Owner(f"dcache {name}", self)   # dentries and inodes of `touch`
+        self.files = {"cached": 0, "negative": 0, "uncached": 0}  # `touch`/`unlink` files
+        self.oom_wake_seq = 0         # bumped by memcg_oom_recover: waiters re-try
+        self.removed = False
+        self.kmem_leaked = 0          # deleted children's kmem left in this counter (spec 4.1 c)
+        self.quirks = set()           # documented quirks that relax the invariants here
+        self.kmem_in_res = 0          # kmem bytes now held in res (for the invariant checker)
+        self.kmem_in_memsw = 0        # kmem bytes ever charged to memsw: never uncharged (spec 2.3)
+
+    @property
+    def is_root(self) -> bool:
+        return self.parent is None
+
+    def path(self) -> str:
+        parts, m = [], self
+        while m.parent is not None:
+            parts.append(m.name)
+            m = m.parent
+        return "/" + "/".join(reversed(parts))
+
+    def walk(self):
+        """Pre-order walk of this subtree."""
+        stack = [self]
+        while stack:
+            m = stack.pop()
+            yield m
+            stack.extend(reversed(list(m.children.values())))
+
+    def tree(self):
+        """for_each_mem_cgroup_tree: the subtree when hierarchical; 3.3's mem_cgroup_iter
+        always walks the whole tree from root_mem_cgroup."""
+        return self.walk() if self.use_hierarchy or self.parent is None else iter((self,))
+
+    def ancestors(self):
+        m = self.parent
+        while m is not None:
+            yield m
+            m = m.parent
+
+    def stat(self) -> dict:
+        return {
+            "cache": self.cache_bytes, "rss": self.rss_bytes, "mapped_file": 0,
+            "pgpgin": self.pgpgin, "pgpgout": self.pgpgout, "swap": 0,
+            "pgfault": self.pgfault, "pgmajfault": 0,
+            "inactive_anon": 0, "active_anon": self.rss_bytes,      # new anon: active list
+            "inactive_file": self.cache_bytes, "active_file": 0,   # new file: inactive list
+            "unevictable": 0, "kernel_bypassed_memory": self.kmem_bypassed,
+        }
+
+
+class Task:
+    """A task the model knows: simulated (spawned) or a host pid written to `tasks`."""
+    __slots__ = ("pid", "memcg", "simulated", "rss", "objs", "comm")
+
+    def __init__(self, pid: int, memcg: Memcg, simulated: bool, comm: str = ""):
+        self.pid = pid
+        self.memcg = memcg
+        self.simulated = simulated
+        self.rss = {}                 # Memcg -> anon bytes this task has charged there
+        self.objs = Owner(f"task {pid}", memcg)
+        self.comm = comm
+
+    def rss_total(self) -> int:
+        return sum(self.rss.values())
