@@ -47,8 +47,9 @@ class Result:
 
 
 class Engine:
-    def __init__(self, config: Config = Config(), specs=None):
+    def __init__(self, config: Config = Config(), specs=None, source: str = "built-in"):
         self.config = config
+        self.catalogue_source = source
         self.page = config.page_size
         self.root = None
         self.pre_memcg_kmem_bytes = 0        # ACCT_ROOT before the root memcg exists
@@ -74,6 +75,7 @@ class Engine:
                               if c.name.startswith("size-") and not c.name.endswith("(DMA)"))
         self.root = Memcg("", None, id=1, swappiness=config.vm_swappiness)
         self.nr_memcgs = 1
+        self.last_memcg_id = 1                # ids are never reused: inode numbers derive from them
         # patch 08/10: boot-time slab is copied into root's usage; max_usage is not updated.
         self.root.kmem.usage = self.pre_memcg_kmem_bytes
 
@@ -576,7 +578,8 @@ class Engine:
         if self.nr_memcgs >= self.config.max_memcgs:
             raise EngineError(errno.ENOSPC, f"no css id left (limit {self.config.max_memcgs})")
         self.nr_memcgs += 1
-        m = Memcg(name, parent, id=self.nr_memcgs, swappiness=self.swappiness(parent))
+        self.last_memcg_id += 1
+        m = Memcg(name, parent, id=self.last_memcg_id, swappiness=self.swappiness(parent))
         parent.children[name] = m
         return m
 

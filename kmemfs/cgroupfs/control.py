@@ -1,0 +1,169 @@
+"""The hidden control directory `.kmemfs/`: ctl, slabinfo, events, config (issue 4)."""
+import bisect
+import errno
+
+from ..engine import EngineError, render
+from .ctl import Blocked, Executor, error_line, parse_line, MAX_LINE
+
+
+class CtlFile:
+    """Commands in, one result line per command out (read back on the same open file)."""
+    mode = 0o600
+
+    def open(self, fs, h, req):
+        h.state.update(results=[], read_pos=0, executor=Executor(fs))
+
+    def read(self, fs, h, off, size):
+        # A stream: each read returns what this open file has not read yet.
+        text = "".join(h.state["results"]).encode()
+        pos = h.state["read_pos"]
+        chunk = text[pos:pos + size]
+        h.state["read_pos"] = pos + len(chunk)
+        return chunk
+
+    def write(self, fs, h, data, req):
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            raise EngineError(errno.EINVAL, "commands are UTF-8 text") from None
+        lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        if any(len(ln) > MAX_LINE for ln in lines):
+            raise EngineError(errno.E2BIG, f"a command line is longer than {MAX_LINE} bytes")
+        return run_lines(fs, h, lines, 0, len(data), req)
+
+
+def run_lines(fs, h, lines, i, nbytes, req):
+    """Run lines[i:] in order, stopping at the first error (whose errno fails the write)."""
+    ex, results = h.state["executor"], h.state["results"]
+    for k in range(i, len(lines)):
+        try:
+            results.append(ex.run(parse_line(lines[k]), req) + "\n")
+        except Blocked as b:
+            fs.after_change()
+            return Pending(fs, h, b, lines, k, nbytes, req)
+        except EngineError as e:
+            results.append(error_line(e) + "\n")
+            fs.after_change()
+            raise
+        fs.after_change()
+    return nbytes
+
+
+class Pending:
+    """A ctl write sleeping in mem_cgroup_handle_oom. The caller waits until the engine's
+    oom_wake_seq moves, then calls resume(); cancel() when the writer is gone."""
+
+    def __init__(self, fs, h, blocked, lines, k, nbytes, req):
+        self.fs, self.h, self.blocked = fs, h, blocked
+        self.lines, self.k, self.nbytes, self.req = lines, k, nbytes, req
+        self.done = False
+
+    @property
+    def memcg(self):
+        return self.blocked.memcg
+
+    def resume(self):
+        self.fs.engine.end_oom_wait(self.blocked.memcg)
+        try:
+            line = self.blocked.retry()
+        except Blocked as b:
+            self.blocked = b
+            self.fs.after_change()
+            return self
+        except EngineError as e:
+            self.done = True
+            self.h.state["results"].append(error_line(e) + "\n")
+            self.fs.after_change()
+            raise
+        self.done = True
+        self.h.state["results"].append(line + "\n")
+        self.fs.after_change()
+        return run_lines(self.fs, self.h, self.lines, self.k + 1, self.nbytes, self.req)
+
+    def cancel(self):
+        if not self.done:
+            self.done = True
+            self.fs.engine.end_oom_wait(self.blocked.memcg)
+            self.h.state["results"].append("error: EINTR: the writer went away while the "
+                                           "charge waited on the OOM killer\n")
+            self.fs.after_change()
+
+
+class EventsFile:
+    """The engine's event log as text. Byte offsets are stable for the daemon's life and
+    st_size grows, so a reader that keeps it open (tail -f) reads only new events."""
+    mode = 0o444
+
+    def __init__(self):
+        self.offsets, self.lines = [], []
+        self.end = 0          # bytes ever emitted
+        self.seq = 0          # last engine event formatted
+
+    def sync(self, engine):
+        for seq, kind, fields in engine.events_since(self.seq):
+            line = (f"{seq} {kind}" + "".join(f" {k}={_esc(v)}" for k, v in fields.items())
+                    + "\n").encode()
+            self.offsets.append(self.end)
+            self.lines.append(line)
+            self.end += len(line)
+            self.seq = seq
+        drop = len(self.lines) - engine.config.event_log_size
+        if drop > 0:
+            del self.offsets[:drop], self.lines[:drop]
+
+    def size(self, fs):
+        self.sync(fs.engine)
+        return self.end
+
+    def read(self, fs, h, off, size):
+        self.sync(fs.engine)
+        i = max(bisect.bisect_right(self.offsets, off) - 1, 0)
+        if not self.lines:
+            return b""
+        start = self.offsets[i]
+        out, n = [], 0
+        for line in self.lines[i:]:
+            out.append(line)
+            n += len(line)
+            if n >= size + (off - start):
+                break
+        data = b"".join(out)
+        skip = max(off - start, 0)
+        return data[skip:skip + size]
+
+    def write(self, fs, h, data, req):
+        raise EngineError(errno.EINVAL, "read-only file")
+
+
+def _esc(v) -> str:
+    return str(v).replace("\\", "\\134").replace(" ", "\\040").replace("\n", "\\012")
+
+
+class SnapshotFile:
+    mode = 0o444
+
+    def __init__(self, render_fn):
+        self.render = render_fn
+
+    def read(self, fs, h, off, size):
+        if off == 0 or h.snapshot is None:
+            h.snapshot = self.render(fs).encode()
+        return h.snapshot[off:off + size]
+
+    def write(self, fs, h, data, req):
+        raise EngineError(errno.EINVAL, "read-only file")
+
+
+def _config(fs) -> str:
+    rows = fs.engine.config.items() + [("catalogue", fs.engine.catalogue_source),
+                                       ("caches", len(fs.engine.originals))]
+    return "".join(f"{k} {int(v) if isinstance(v, bool) else v}\n" for k, v in rows)
+
+
+def control_files() -> dict:
+    return {
+        "ctl": CtlFile(),
+        "slabinfo": SnapshotFile(lambda fs: render.slabinfo(fs.engine)),
+        "events": EventsFile(),
+        "config": SnapshotFile(_config),
+    }

@@ -1,0 +1,306 @@
+"""The control language written to `.kmemfs/ctl` (docs/ctl.md): parsed, never evaluated.
+
+    alloc CACHE [COUNT] [gfp=FLAGS] [irq=1]     free CACHE [COUNT]
+    kmalloc SIZE [COUNT] [gfp=FLAGS] [irq=1]    kfree SIZE [COUNT]
+    charge anon|file BYTES                      uncharge anon|file BYTES
+    spawn                                       exit PID
+    touch COUNT      unlink COUNT      drop_caches      reap      workqueue      check
+
+Any command may end with `task=PID` (act as that task) and/or `cg=PATH` (charge that cgroup).
+Without them the writer is the acting task: its pid, or the nearest ancestor process that is
+in some cgroup's `tasks`, else the root cgroup.
+"""
+import errno
+from dataclasses import dataclass, field
+
+from ..engine import EngineError, check as check_invariants, parse_gfp
+from ..engine.gfp import GFP_KERNEL, gfp_name
+from . import parse
+
+MAX_COUNT = 100_000_000          # objects (or pages) one command may ask for: E2BIG beyond
+MAX_LINE = 4096
+OPTIONS = {"task", "cg", "gfp", "irq"}
+ERRNAME = {errno.EINVAL: "EINVAL", errno.ENOENT: "ENOENT", errno.ESRCH: "ESRCH",
+           errno.ENOMEM: "ENOMEM", errno.E2BIG: "E2BIG", errno.EINTR: "EINTR",
+           errno.ENOSPC: "ENOSPC", errno.ENODEV: "ENODEV", errno.EBUSY: "EBUSY",
+           errno.EIO: "EIO"}
+
+
+def bad(message: str) -> EngineError:
+    return EngineError(errno.EINVAL, message)
+
+
+@dataclass
+class Command:
+    verb: str
+    args: list
+    opts: dict
+    text: str
+
+
+def parse_line(line: str) -> Command:
+    words = line.split()
+    if not words:
+        raise bad("empty command")
+    verb, args, opts = words[0], [], {}
+    for w in words[1:]:
+        key, eq, val = w.partition("=")
+        if eq:
+            if key not in OPTIONS:
+                raise bad(f"unknown option {key!r}")
+            if key in opts:
+                raise bad(f"option {key} given twice")
+            opts[key] = val
+        elif opts:
+            raise bad(f"argument {w!r} after options")
+        else:
+            args.append(w)
+    if verb not in COMMANDS:
+        raise bad(f"unknown command {verb!r}")
+    lo, hi, allowed = COMMANDS[verb][1:]
+    if not lo <= len(args) <= hi:
+        raise bad(f"{verb}: wrong number of arguments")
+    extra = set(opts) - allowed - {"task", "cg"}
+    if extra:
+        raise bad(f"{verb} takes no {', '.join(sorted(extra))}=")
+    return Command(verb, args, opts, line.strip())
+
+
+def count_arg(text: str, what: str = "COUNT") -> int:
+    if not text.isdigit():
+        raise bad(f"{what} must be a decimal number, not {text!r}")
+    n = int(text)
+    if n > MAX_COUNT:
+        raise EngineError(errno.E2BIG, f"{what} {n} is over the per-command cap {MAX_COUNT}")
+    return n
+
+
+def bytes_arg(text: str) -> int:
+    """BYTES with an optional K/M/G suffix (memparse, no page rounding)."""
+    val, i = parse.memparse(text.encode())
+    if i != len(text) or not text[:1].isdigit():
+        raise bad(f"bad size {text!r}")
+    if val > MAX_COUNT * 4096:
+        raise EngineError(errno.E2BIG, f"{text} is over the per-command cap")
+    return val
+
+
+@dataclass
+class Actor:
+    memcg: object
+    task: object          # engine Task or None
+
+
+class Blocked(Exception):
+    """A charge sleeps on a memcg OOM: `retry()` re-issues what is left of the command."""
+
+    def __init__(self, memcg, retry):
+        super().__init__()
+        self.memcg = memcg
+        self.retry = retry
+
+
+@dataclass
+class Executor:
+    fs: object
+    results: list = field(default_factory=list)
+
+    @property
+    def engine(self):
+        return self.fs.engine
+
+    # ------------------------------------------------------------------ who acts
+    def actor(self, cmd: Command, req) -> Actor:
+        e = self.engine
+        task = None
+        if "task" in cmd.opts:
+            pid = count_arg(cmd.opts["task"], "task")
+            task = e.tasks.get(pid)
+            if task is None and not self.fs.host.exists(pid):
+                raise EngineError(errno.ESRCH, f"no task {pid}")
+        if "cg" in cmd.opts:
+            memcg = self.fs._by_path(cmd.opts["cg"])
+            if memcg is None or not cmd.opts["cg"].startswith("/"):
+                raise EngineError(errno.ENOENT, f"no cgroup {cmd.opts['cg']!r}")
+            return Actor(memcg, task)
+        if task is not None:
+            return Actor(task.memcg, task)
+        if "task" in cmd.opts:
+            return Actor(e.root, None)      # a host process in no cgroup of ours: root
+        pid, seen = req.pid, set()
+        while pid > 1 and pid not in seen:
+            seen.add(pid)
+            t = e.tasks.get(pid)
+            if t is not None:
+                return Actor(t.memcg, t)
+            pid = self.fs.host.ppid(pid)
+        return Actor(e.root, None)
+
+    # ------------------------------------------------------------------ running
+    def run(self, cmd: Command, req) -> str:
+        self.fs.prune_tasks()
+        fn = COMMANDS[cmd.verb][0]
+        return fn(self, cmd, self.actor(cmd, req))
+
+    def _gfp(self, cmd):
+        return parse_gfp(cmd.opts["gfp"]) if "gfp" in cmd.opts else GFP_KERNEL
+
+    def _irq(self, cmd) -> bool:
+        v = cmd.opts.get("irq", "0")
+        if v not in ("0", "1"):
+            raise bad("irq takes 0 or 1")
+        return v == "1"
+
+    def _alloc(self, orig, count, cmd, a: Actor, verb: str):
+        gfp, irq = self._gfp(cmd), self._irq(cmd)
+        done = [0]
+
+        def attempt():
+            r = self.engine.alloc(orig, count - done[0], a.memcg, gfp, irq, task=a.task)
+            done[0] += r.done
+            return r
+
+        def finish(r):
+            where = f"cache={r.cache.name} count={done[0]} cgroup={a.memcg.path()} gfp={gfp_name(gfp)}"
+            if r.status == "wait":
+                raise Blocked(r.wait_on, lambda: finish(attempt()))
+            if r.status == "ok" and done[0] == count:
+                return f"ok {verb} {where}"
+            raise EngineError(errno.ENOMEM, f"{verb} {where}: allocated {done[0]} of {count}"
+                              + (" (the acting task was OOM-killed)" if r.status == "killed" else ""))
+        return finish(attempt())
+
+    def cmd_alloc(self, cmd, a):
+        count = count_arg(cmd.args[1]) if len(cmd.args) > 1 else 1
+        return self._alloc(self.engine.cache(cmd.args[0]), count, cmd, a, "alloc")
+
+    def cmd_kmalloc(self, cmd, a):
+        size = bytes_arg(cmd.args[0])
+        count = count_arg(cmd.args[1]) if len(cmd.args) > 1 else 1
+        return self._alloc(self.engine.kmalloc_cache(max(size, 1)), count, cmd, a, "kmalloc")
+
+    def _free(self, name, count, a, verb):
+        n = self.engine.free_named(name, count, a.memcg)
+        if n < count:
+            raise EngineError(errno.EINVAL, f"{verb} {name}: freed {n} of {count}: "
+                              f"{a.memcg.path()} holds no more")
+        return f"ok {verb} cache={name} count={n} cgroup={a.memcg.path()}"
+
+    def cmd_free(self, cmd, a):
+        count = count_arg(cmd.args[1]) if len(cmd.args) > 1 else 1
+        return self._free(cmd.args[0], count, a, "free")
+
+    def cmd_kfree(self, cmd, a):
+        size = bytes_arg(cmd.args[0])
+        count = count_arg(cmd.args[1]) if len(cmd.args) > 1 else 1
+        return self._free(self.engine.kmalloc_cache(max(size, 1)).name, count, a, "kfree")
+
+    def _kind(self, cmd):
+        if cmd.args[0] not in ("anon", "file"):
+            raise bad("charge takes anon or file")
+        return cmd.args[0]
+
+    def cmd_charge(self, cmd, a):
+        kind, nbytes = self._kind(cmd), bytes_arg(cmd.args[1])
+        page = self.engine.page
+        done = [0]
+
+        def attempt():
+            r = self.engine.charge_user(a.memcg, kind, nbytes - done[0] * page, a.task)
+            done[0] += r.done
+            return r
+
+        def finish(r):
+            if r.status == "wait":
+                raise Blocked(r.wait_on, lambda: finish(attempt()))
+            if r.status != "ok":
+                raise EngineError(errno.ENOMEM, f"charge {kind}: charged {done[0]} of "
+                                  f"{-(-nbytes // page)} pages to {a.memcg.path()}")
+            return f"ok charge {kind} pages={done[0]} cgroup={a.memcg.path()}"
+        return finish(attempt())
+
+    def cmd_uncharge(self, cmd, a):
+        kind, nbytes = self._kind(cmd), bytes_arg(cmd.args[1])
+        n = self.engine.uncharge_user(a.memcg, kind, nbytes, a.task)
+        return f"ok uncharge {kind} pages={n} cgroup={a.memcg.path()}"
+
+    def cmd_spawn(self, cmd, a):
+        def attempt():
+            t, r = self.engine.spawn(a.memcg, parent=a.task)
+            if t is not None:
+                return f"ok spawn pid={t.pid} cgroup={a.memcg.path()}"
+            if r.status == "wait":
+                raise Blocked(r.wait_on, attempt)
+            raise EngineError(errno.ENOMEM, f"spawn: {r.cache.name if r.cache else '?'} "
+                              f"allocation failed in {a.memcg.path()} (fork fails with ENOMEM)")
+        return attempt()
+
+    def cmd_exit(self, cmd, a):
+        pid = count_arg(cmd.args[0], "PID")
+        t = self.engine.tasks.get(pid)
+        if t is None or not t.simulated:
+            raise EngineError(errno.ESRCH, f"no simulated task {pid}")
+        self.engine.exit_task(pid)
+        return f"ok exit pid={pid}"
+
+    def cmd_touch(self, cmd, a):
+        count = count_arg(cmd.args[0])
+        gfp = self._gfp(cmd)
+        done = [0]
+
+        def attempt():
+            r = self.engine.touch(a.memcg, count - done[0], gfp, a.task)
+            done[0] += r.done
+            return r
+
+        def finish(r):
+            if r.status == "wait":
+                raise Blocked(r.wait_on, lambda: finish(attempt()))
+            if done[0] < count:
+                raise EngineError(errno.ENOMEM, f"touch: created {done[0]} of {count} files "
+                                  f"in {a.memcg.path()}")
+            return f"ok touch files={done[0]} cgroup={a.memcg.path()}"
+        return finish(attempt())
+
+    def cmd_unlink(self, cmd, a):
+        n = self.engine.unlink(a.memcg, count_arg(cmd.args[0]))
+        return f"ok unlink files={n} cgroup={a.memcg.path()}"
+
+    def cmd_drop_caches(self, cmd, a):
+        return f"ok drop_caches objects={self.engine.drop_caches()}"
+
+    def cmd_reap(self, cmd, a):
+        return f"ok reap slabs={self.engine.reap()}"
+
+    def cmd_workqueue(self, cmd, a):
+        made = self.engine.run_workqueue()
+        return f"ok workqueue created={len(made)}" + "".join(f" {c.name}" for c in made)
+
+    def cmd_check(self, cmd, a):
+        bad_ = check_invariants(self.engine)
+        if bad_:
+            raise EngineError(errno.EIO, f"{len(bad_)} invariant(s) violated: " + "; ".join(bad_[:5]))
+        return "ok check invariants=hold"
+
+
+# verb -> (method, min args, max args, options besides task/cg)
+COMMANDS = {
+    "alloc": (Executor.cmd_alloc, 1, 2, {"gfp", "irq"}),
+    "free": (Executor.cmd_free, 1, 2, set()),
+    "kmalloc": (Executor.cmd_kmalloc, 1, 2, {"gfp", "irq"}),
+    "kfree": (Executor.cmd_kfree, 1, 2, set()),
+    "charge": (Executor.cmd_charge, 2, 2, set()),
+    "uncharge": (Executor.cmd_uncharge, 2, 2, set()),
+    "spawn": (Executor.cmd_spawn, 0, 0, set()),
+    "exit": (Executor.cmd_exit, 1, 1, set()),
+    "touch": (Executor.cmd_touch, 1, 1, {"gfp"}),
+    "unlink": (Executor.cmd_unlink, 1, 1, set()),
+    "drop_caches": (Executor.cmd_drop_caches, 0, 0, set()),
+    "reap": (Executor.cmd_reap, 0, 0, set()),
+    "workqueue": (Executor.cmd_workqueue, 0, 0, set()),
+    "check": (Executor.cmd_check, 0, 0, set()),
+}
+
+
+def error_line(e: EngineError) -> str:
+    return f"error: {ERRNAME.get(e.errno, e.errno)}: {e.message}"

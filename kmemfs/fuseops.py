@@ -1,0 +1,294 @@
+"""The FUSE adapter: pyfuse3 requests -> the cgroupfs layer. Thin on purpose.
+
+Every handler maps EngineError to its errno and any other exception to EIO plus a log line,
+so one bad request never takes the mount down. Files are opened with direct_io and report
+st_size 0, like the kernel's cgroupfs, so nothing is served from the page cache.
+"""
+import ctypes
+import errno
+import logging
+import os
+
+import pyfuse3
+import trio
+
+from .cgroupfs.tree import CgroupFS, Request
+from .engine import EngineError
+
+log = logging.getLogger("kmemfs")
+TIMEOUT = 1.0          # entry/attr cache lifetime (seconds): short, names change often
+SYS_pidfd_getfd = 438
+PIDFD_THREAD = os.O_EXCL
+
+
+def _fuse_errors(fn):
+    async def wrapper(self, *args):
+        try:
+            return await fn(self, *args)
+        except EngineError as e:
+            raise pyfuse3.FUSEError(e.errno) from None
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            log.exception("%s%r failed", fn.__name__, args[:2])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            self.kick()
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+def _name(raw: bytes) -> str:
+    return os.fsdecode(raw)
+
+
+def _req(ctx) -> Request:
+    return Request(ctx.pid, ctx.uid, ctx.gid) if ctx is not None else Request()
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, fs: CgroupFS, mountpoint: str):
+        super().__init__()
+        self.fs = fs
+        self.mountpoint = os.path.abspath(mountpoint)
+        self.wake = trio.Event()
+        self.wake_seq = fs.engine.oom_wake_seq
+        fs.import_eventfd = import_eventfd
+        fs.resolve_fd = self.resolve_fd
+
+    # ------------------------------------------------------------------ helpers
+    def kick(self) -> None:
+        """Wake writers sleeping on a memcg OOM when memcg_oom_recover ran."""
+        if self.fs.engine.oom_wake_seq != self.wake_seq:
+            self.wake_seq = self.fs.engine.oom_wake_seq
+            self.wake.set()
+            self.wake = trio.Event()
+
+    def entry(self, a) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = a.ino
+        e.st_mode = a.mode
+        e.st_nlink = a.nlink
+        e.st_uid, e.st_gid = a.uid, a.gid
+        e.st_size = a.size
+        e.st_blksize = 4096
+        e.st_blocks = 0
+        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = a.time_ns
+        e.entry_timeout = e.attr_timeout = TIMEOUT
+        e.generation = 0
+        return e
+
+    def resolve_fd(self, pid: int, fd: int) -> int:
+        """The inode of a client's open fd, found by its path (never by stat: that would call
+        back into this very daemon)."""
+        try:
+            path = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            raise EngineError(errno.EBADF, f"fd {fd} of pid {pid} is not open") from None
+        rel = os.path.relpath(path, self.mountpoint)
+        if rel.startswith(".."):
+            raise EngineError(errno.EINVAL, f"{path} is not in this cgroup mount")
+        ino = pyfuse3.ROOT_INODE
+        for part in filter(lambda p: p not in (".", ""), rel.split("/")):
+            ino = self.fs.lookup(ino, part).ino
+        return ino
+
+    # ------------------------------------------------------------------ metadata
+    @_fuse_errors
+    async def lookup(self, parent_inode, name, ctx=None):
+        name = _name(name)
+        if name == ".":
+            return self.entry(self.fs.getattr(parent_inode))
+        if name == "..":
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self.entry(self.fs.lookup(parent_inode, name))
+
+    @_fuse_errors
+    async def getattr(self, inode, ctx=None):
+        return self.entry(self.fs.getattr(inode))
+
+    @_fuse_errors
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        mode = attr.st_mode if fields.update_mode else None
+        uid = attr.st_uid if fields.update_uid else None
+        gid = attr.st_gid if fields.update_gid else None
+        return self.entry(self.fs.setattr(inode, mode, uid, gid))
+
+    @_fuse_errors
+    async def statfs(self, ctx):
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_namemax = 255
+        return s
+
+    # ------------------------------------------------------------------ directories
+    @_fuse_errors
+    async def opendir(self, inode, ctx):
+        self.fs.getattr(inode)
+        return inode
+
+    @_fuse_errors
+    async def readdir(self, fh, start_id, token):
+        entries = self.fs.readdir(fh)
+        for i, (name, a) in enumerate(entries[start_id:], start=start_id + 1):
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self.entry(a), i):
+                break
+
+    async def releasedir(self, fh):
+        pass
+
+    @_fuse_errors
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return self.entry(self.fs.mkdir(parent_inode, _name(name), _req(ctx)))
+
+    @_fuse_errors
+    async def rmdir(self, parent_inode, name, ctx):
+        self.fs.rmdir(parent_inode, _name(name))
+
+    @_fuse_errors
+    async def rename(self, parent_old, name_old, parent_new, name_new, flags, ctx):
+        if flags:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        self.fs.rename(parent_old, _name(name_old), parent_new, _name(name_new))
+
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        raise pyfuse3.FUSEError(errno.EACCES)     # no ->create on cgroup directories
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def unlink(self, parent_inode, name, ctx):
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def symlink(self, parent_inode, name, target, ctx):
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    # ------------------------------------------------------------------ files
+    @_fuse_errors
+    async def open(self, inode, flags, ctx):
+        req = _req(ctx)
+        fh = self.fs.open(inode, req)
+        # FUSE write requests carry no caller: the opener stands for the writer.
+        self.fs.handle(fh).state["req"] = req
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+
+    @_fuse_errors
+    async def read(self, fh, off, size):
+        return self.fs.read(fh, off, size)
+
+    @_fuse_errors
+    async def write(self, fh, off, buf):
+        req = self.fs.handle(fh).state.get("req") or Request()
+        result = self.fs.write(fh, off, buf, req)
+        if not isinstance(result, int):
+            result = await self._wait(result, req.pid)
+        return result
+
+    async def _wait(self, pending, pid: int) -> int:
+        """A charge sleeps on a memcg OOM (oom_kill_disable=1): wait for memcg_oom_recover,
+        then retry; give up when the writer dies. Nothing polls."""
+        pidfd = _pidfd(pid)
+        try:
+            while not isinstance(pending, int):
+                async with trio.open_nursery() as nursery:
+                    async def relieved():
+                        await self.wake.wait()
+                        nursery.cancel_scope.cancel()
+
+                    async def writer_died():
+                        if pidfd is None:
+                            await trio.sleep_forever()
+                        await trio.lowlevel.wait_readable(pidfd)
+                        nursery.cancel_scope.cancel()
+                    nursery.start_soon(relieved)
+                    nursery.start_soon(writer_died)
+                if pidfd is not None and _exited(pidfd):
+                    pending.cancel()
+                    raise pyfuse3.FUSEError(errno.EINTR)
+                pending = pending.resume()
+            return pending
+        except BaseException:
+            if not isinstance(pending, int) and not pending.done:
+                pending.cancel()
+            raise
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+
+    @_fuse_errors
+    async def release(self, fh):
+        self.fs.release(fh)
+
+    async def flush(self, fh):
+        pass
+
+    async def fsync(self, fh, datasync):
+        pass
+
+
+def _pidfd(pid: int):
+    if not pid:
+        return None
+    for flags in (PIDFD_THREAD, 0):
+        try:
+            return os.pidfd_open(pid, flags)
+        except OSError:
+            continue
+    return None
+
+
+def _exited(pidfd: int) -> bool:
+    import select
+    return bool(select.select([pidfd], [], [], 0)[0])
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class EventFd:
+    """The daemon's duplicate of a client's eventfd."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def signal(self) -> None:
+        if self.fd >= 0:
+            try:
+                os.eventfd_write(self.fd, 1)
+            except OSError:
+                log.warning("eventfd signal failed", exc_info=True)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def import_eventfd(pid: int, fd: int) -> EventFd:
+    """Duplicate the client's eventfd with pidfd_open + pidfd_getfd (opening
+    /proc/PID/fd/N of an eventfd fails with ENXIO)."""
+    pidfd = _pidfd(pid)
+    if pidfd is None:
+        raise EngineError(errno.EBADF, f"cannot reach pid {pid}")
+    try:
+        new = _libc.syscall(SYS_pidfd_getfd, pidfd, fd, 0)
+        if new < 0:
+            err = ctypes.get_errno()
+            raise EngineError(errno.EBADF if err == errno.EBADF else err, os.strerror(err))
+    finally:
+        os.close(pidfd)
+    try:
+        kind = os.readlink(f"/proc/self/fd/{new}")
+    except OSError:
+        kind = ""
+    if kind != "anon_inode:[eventfd]":
+        os.close(new)
+        raise EngineError(errno.EINVAL, f"fd {fd} is not an eventfd")
+    return EventFd(new)
+
