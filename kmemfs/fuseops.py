@@ -22,8 +22,12 @@ PIDFD_THREAD = os.O_EXCL
 
 
 def _fuse_errors(fn):
+    name = fn.__name__
+
     async def wrapper(self, *args):
         try:
+            if name in self.faults:
+                raise RuntimeError(f"fault injected into {name} (KMEMFS_INJECT_FAULT)")
             return await fn(self, *args)
         except EngineError as e:
             raise pyfuse3.FUSEError(e.errno) from None
@@ -56,6 +60,8 @@ class Operations(pyfuse3.Operations):
         self.mountpoint = os.path.abspath(mountpoint)
         self.wake = trio.Event()
         self.wake_seq = fs.engine.oom_wake_seq
+        # Testing aid: handler names that raise, to prove one failure stays one EIO.
+        self.faults = set(filter(None, os.environ.get("KMEMFS_INJECT_FAULT", "").split(",")))
         fs.import_eventfd = import_eventfd
         fs.resolve_fd = self.resolve_fd
 

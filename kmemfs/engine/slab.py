@@ -107,7 +107,11 @@ class KmemCache:
             done += take
         self.active_objs += done
         self.free_objects -= done
-        if not runs:
+        if runs:
+            if owner.runs.get(self) is not runs:   # a grow's OOM kill freed the owner's runs
+                owner.runs[self] = runs
+                self.holders[owner] = None
+        elif owner.runs.get(self) is runs:
             del owner.runs[self]
             del self.holders[owner]
         return done
