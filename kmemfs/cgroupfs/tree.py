@@ -171,6 +171,8 @@ class CgroupFS:
         self._check_name(memcg, name)
         child = self.engine.mkdir(memcg, name)
         self.memcgs[child.id] = child
+        if self.clone_children.get(memcg.id):          # cgroup_create copies the flag
+            self.clone_children[child.id] = 1
         return self.getattr(self.dir_ino(child))
 
     def rmdir(self, parent_ino: int, name: str) -> None:
