@@ -33,13 +33,13 @@ def cmd_mount(args) -> int:
         config, fuse_opts = daemon.parse_options(",".join(args.o or []))
         daemon.check_mountpoint(mp)
         if args.foreground:
-            fs = _build(config, args.slabinfo)
+            fs = daemon.build_or_restore(config, bool(args.o), args.slabinfo, args.state)
             ready = None
             if args.ready_fd is not None:
                 def ready():
                     os.write(args.ready_fd, b"ready\n")
                     os.close(args.ready_fd)
-            daemon.serve(mp, fs, fuse_opts, ready)
+            daemon.serve(mp, fs, fuse_opts, ready, args.state, args.save_interval)
             return 0
         return _background(args, mp)
     except daemon.MountError as e:
@@ -47,14 +47,6 @@ def cmd_mount(args) -> int:
             os.write(args.ready_fd, f"{e}\n".encode())
         print(f"kmemfs: {e}", file=sys.stderr)
         return 1
-
-
-def _build(config, slabinfo):
-    from .engine import EngineError
-    try:
-        return daemon.build(config, slabinfo)
-    except EngineError as e:
-        raise daemon.MountError(f"catalogue: {e.message}") from None
 
 
 def _background(args, mp) -> int:
@@ -66,6 +58,8 @@ def _background(args, mp) -> int:
         cmd += ["--slabinfo", os.path.abspath(args.slabinfo)]
     if args.log:
         cmd += ["--log", os.path.abspath(args.log)]
+    if args.state:
+        cmd += ["--state", os.path.abspath(args.state), "--save-interval", str(args.save_interval)]
     if args.verbose:
         cmd += ["-v"]
     with open(os.devnull, "r+b") as null:
@@ -97,10 +91,14 @@ def cmd_umount(args) -> int:
         else:
             print(f"kmemfs: {mp} is not mounted", file=sys.stderr)
             return 1
+    pids = daemon.daemon_pids(mp)
     try:
         daemon.unmount(mp)
     except daemon.MountError as e:
         print(f"kmemfs: {e}", file=sys.stderr)
+        return 1
+    if not daemon.wait_gone(pids, timeout=30):   # it saves its state on the way out
+        print(f"kmemfs: the daemon of {mp} is still running", file=sys.stderr)
         return 1
     return 0
 
@@ -128,6 +126,12 @@ def main(argv=None) -> int:
     m.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     m.add_argument("--slabinfo", metavar="FILE",
                    help="cache catalogue: any /proc/slabinfo 2.1 file (default: built-in 3.4 dump)")
+    m.add_argument("--state", metavar="FILE",
+                   help="restore the whole model from FILE if it exists, and save it there "
+                        "atomically on unmount and every --save-interval seconds")
+    m.add_argument("--save-interval", type=float, default=30.0, metavar="S",
+                   help="seconds between periodic saves with --state (0: only at unmount; "
+                        "default 30)")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     m.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     m.add_argument("--log", metavar="FILE", help="log to FILE instead of stderr")

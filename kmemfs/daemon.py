@@ -88,6 +88,33 @@ def unmount(mountpoint: str, lazy: bool = False) -> None:
             raise MountError(r.stderr.strip() or f"fusermount3 failed on {mountpoint}")
 
 
+def daemon_pids(mountpoint: str) -> list:
+    """Pids of kmemfs daemons serving `mountpoint` (from their command lines)."""
+    out = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"kmemfs" in argv and b"mount" in argv and b"--foreground" in argv \
+                and os.fsencode(mountpoint) in argv:
+            out.append(int(p))
+    return out
+
+
+def wait_gone(pids, timeout: float) -> bool:
+    import time
+    deadline = time.monotonic() + timeout
+    while any(os.path.exists(f"/proc/{p}") for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def build(config: Config, slabinfo=None):
     from .cgroupfs.control import control_files
     engine = Engine(config, load_catalogue(slabinfo),
@@ -95,8 +122,33 @@ def build(config: Config, slabinfo=None):
     return CgroupFS(engine, special_files=control_files())
 
 
-def serve(mountpoint: str, fs: CgroupFS, fuse_opts=(), ready=None) -> None:
-    """Mount and serve until unmounted or SIGTERM/SIGINT; always unmounts."""
+def build_or_restore(config, explicit_options: bool, slabinfo, state_path):
+    """A fresh model, or the one saved in `state_path` (which then decides the config)."""
+    from . import state
+    from .cgroupfs.control import control_files
+    if not state_path or not os.path.exists(state_path):
+        try:
+            return build(config, slabinfo)
+        except EngineError as e:
+            raise MountError(f"catalogue: {e.message}") from None
+    try:
+        saved = state.load(state_path)
+    except state.StateError as e:
+        raise MountError(f"refusing the state file: {e}") from None
+    if slabinfo:
+        raise MountError("--slabinfo conflicts with --state: the catalogue is in the state file")
+    old = saved["engine"].config
+    if explicit_options and config != old:
+        diff = [f"{k}={v} (saved {getattr(old, k)})" for k, v in config.items()
+                if getattr(old, k) != v]
+        raise MountError(f"{state_path} was saved with other options: {', '.join(diff)}")
+    log.info("restored the model from %s", state_path)
+    return state.restore(saved, control_files())
+
+
+def serve(mountpoint: str, fs: CgroupFS, fuse_opts=(), ready=None, state_path=None,
+          save_interval: float = 0) -> None:
+    """Mount and serve until unmounted or SIGTERM/SIGINT; always unmounts (and saves)."""
     from .fuseops import Operations
     ops = Operations(fs, mountpoint)
     opts = set(pyfuse3.default_options) | {"fsname=kmemfs", "subtype=kmemfs"} | set(fuse_opts)
@@ -105,8 +157,10 @@ def serve(mountpoint: str, fs: CgroupFS, fuse_opts=(), ready=None) -> None:
     if ready:
         ready()
     try:
-        trio.run(_main)
+        trio.run(_main, fs, state_path, save_interval)
     finally:
+        if state_path:
+            _save(fs, state_path)
         fs.close()
         try:
             pyfuse3.close(unmount=True)
@@ -115,11 +169,29 @@ def serve(mountpoint: str, fs: CgroupFS, fuse_opts=(), ready=None) -> None:
         log.info("unmounted %s", mountpoint)
 
 
-async def _main():
+async def _main(fs, state_path, save_interval):
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signal, nursery)
+        if state_path and save_interval > 0:
+            nursery.start_soon(_save_every, fs, state_path, save_interval)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
+
+
+async def _save_every(fs, path, interval):
+    # Runs between requests on the trio thread, so each save is a consistent snapshot.
+    while True:
+        await trio.sleep(interval)
+        _save(fs, path)
+
+
+def _save(fs, path) -> None:
+    from . import state
+    try:
+        state.save(fs, path)
+        log.debug("state saved to %s (event seq %d)", path, fs.engine.event_seq)
+    except Exception:
+        log.exception("saving the state to %s failed", path)
 
 
 async def _on_signal(nursery):

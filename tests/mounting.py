@@ -8,8 +8,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Mount:
-    def __init__(self, path, options=(), slabinfo=None):
+    def __init__(self, path, options=(), slabinfo=None, extra=(), env=None):
         self.path = str(path)
+        self.extra = list(extra)
+        self.env = env
         self.options = list(options)
         self.slabinfo = slabinfo
         self.proc = None
@@ -23,7 +25,8 @@ class Mount:
             cmd += ["-o", ",".join(self.options)]
         if self.slabinfo:
             cmd += ["--slabinfo", str(self.slabinfo)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL)
+        cmd += self.extra
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, env=self.env)
         deadline = time.monotonic() + 30
         while not os.path.ismount(self.path):
             if self.proc.poll() is not None:
