@@ -23,6 +23,9 @@ options (-o, comma separated):
   nr_cpus=N           CPUs the SLAB model assumes (free_limit); default 1
   noboot_slabs        start the original caches empty instead of as the catalogue recorded
   max_memcgs=N        cap on cgroups (default 65535, CSS_ID_MAX): mkdir beyond is ENOSPC
+  max_tasks=N         cap on simulated tasks (default 100000): spawn beyond is ENOSPC
+  max_objects=N       cap on objects or pages one control command asks for (default
+                      100000000): E2BIG beyond
   event_log_size=N    events kept in .kmemfs/events (default 100000)
 """
 

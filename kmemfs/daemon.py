@@ -21,7 +21,7 @@ class MountError(Exception):
 
 BOOL_OPTIONS = {"acct_root": "acct_root", "boot_slabs": "boot_slabs"}
 INT_OPTIONS = {"charge_batch", "nr_cpus", "page_size", "max_memcgs", "vm_swappiness",
-               "event_log_size"}
+               "event_log_size", "max_tasks", "max_objects"}
 FUSE_OPTIONS = {"allow_other"}
 
 

@@ -17,7 +17,6 @@ from ..engine import EngineError, check as check_invariants, parse_gfp
 from ..engine.gfp import GFP_KERNEL, gfp_name
 from . import parse
 
-MAX_COUNT = 100_000_000          # objects (or pages) one command may ask for: E2BIG beyond
 MAX_LINE = 4096
 OPTIONS = {"task", "cg", "gfp", "irq"}
 ERRNAME = {errno.EINVAL: "EINVAL", errno.ENOENT: "ENOENT", errno.ESRCH: "ESRCH",
@@ -66,12 +65,16 @@ def parse_line(line: str) -> Command:
     return Command(verb, args, opts, line.strip())
 
 
-def count_arg(text: str, what: str = "COUNT") -> int:
-    if not text.isdigit():
+def number(text: str, what: str) -> int:
+    if not text.isdigit() or len(text) > 20:
         raise bad(f"{what} must be a decimal number, not {text!r}")
-    n = int(text)
-    if n > MAX_COUNT:
-        raise EngineError(errno.E2BIG, f"{what} {n} is over the per-command cap {MAX_COUNT}")
+    return int(text)
+
+
+def capped(n: int, cap: int, what: str) -> int:
+    if n > cap:
+        raise EngineError(errno.E2BIG, f"{what} {n} is over the per-command cap {cap} "
+                          "(mount option max_objects)")
     return n
 
 
@@ -80,8 +83,6 @@ def bytes_arg(text: str) -> int:
     val, i = parse.memparse(text.encode())
     if i != len(text) or not text[:1].isdigit():
         raise bad(f"bad size {text!r}")
-    if val > MAX_COUNT * 4096:
-        raise EngineError(errno.E2BIG, f"{text} is over the per-command cap")
     return val
 
 
@@ -109,12 +110,20 @@ class Executor:
     def engine(self):
         return self.fs.engine
 
+    def count(self, text: str, what: str = "COUNT") -> int:
+        return capped(number(text, what), self.engine.config.max_objects, what)
+
+    def size(self, text: str) -> int:
+        n = bytes_arg(text)
+        capped(-(-n // self.engine.page), self.engine.config.max_objects, "pages")
+        return n
+
     # ------------------------------------------------------------------ who acts
     def actor(self, cmd: Command, req) -> Actor:
         e = self.engine
         task = None
         if "task" in cmd.opts:
-            pid = count_arg(cmd.opts["task"], "task")
+            pid = number(cmd.opts["task"], "task")
             task = e.tasks.get(pid)
             if task is None and not self.fs.host.exists(pid):
                 raise EngineError(errno.ESRCH, f"no task {pid}")
@@ -171,12 +180,12 @@ class Executor:
         return finish(attempt())
 
     def cmd_alloc(self, cmd, a):
-        count = count_arg(cmd.args[1]) if len(cmd.args) > 1 else 1
+        count = self.count(cmd.args[1]) if len(cmd.args) > 1 else 1
         return self._alloc(self.engine.cache(cmd.args[0]), count, cmd, a, "alloc")
 
     def cmd_kmalloc(self, cmd, a):
-        size = bytes_arg(cmd.args[0])
-        count = count_arg(cmd.args[1]) if len(cmd.args) > 1 else 1
+        size = self.size(cmd.args[0])
+        count = self.count(cmd.args[1]) if len(cmd.args) > 1 else 1
         return self._alloc(self.engine.kmalloc_cache(max(size, 1)), count, cmd, a, "kmalloc")
 
     def _free(self, name, count, a, verb):
@@ -187,12 +196,12 @@ class Executor:
         return f"ok {verb} cache={name} count={n} cgroup={a.memcg.path()}"
 
     def cmd_free(self, cmd, a):
-        count = count_arg(cmd.args[1]) if len(cmd.args) > 1 else 1
+        count = self.count(cmd.args[1]) if len(cmd.args) > 1 else 1
         return self._free(cmd.args[0], count, a, "free")
 
     def cmd_kfree(self, cmd, a):
-        size = bytes_arg(cmd.args[0])
-        count = count_arg(cmd.args[1]) if len(cmd.args) > 1 else 1
+        size = self.size(cmd.args[0])
+        count = self.count(cmd.args[1]) if len(cmd.args) > 1 else 1
         return self._free(self.engine.kmalloc_cache(max(size, 1)).name, count, a, "kfree")
 
     def _kind(self, cmd):
@@ -201,7 +210,7 @@ class Executor:
         return cmd.args[0]
 
     def cmd_charge(self, cmd, a):
-        kind, nbytes = self._kind(cmd), bytes_arg(cmd.args[1])
+        kind, nbytes = self._kind(cmd), self.size(cmd.args[1])
         page = self.engine.page
         done = [0]
 
@@ -220,7 +229,7 @@ class Executor:
         return finish(attempt())
 
     def cmd_uncharge(self, cmd, a):
-        kind, nbytes = self._kind(cmd), bytes_arg(cmd.args[1])
+        kind, nbytes = self._kind(cmd), self.size(cmd.args[1])
         n = self.engine.uncharge_user(a.memcg, kind, nbytes, a.task)
         return f"ok uncharge {kind} pages={n} cgroup={a.memcg.path()}"
 
@@ -236,7 +245,7 @@ class Executor:
         return attempt()
 
     def cmd_exit(self, cmd, a):
-        pid = count_arg(cmd.args[0], "PID")
+        pid = number(cmd.args[0], "PID")
         t = self.engine.tasks.get(pid)
         if t is None or not t.simulated:
             raise EngineError(errno.ESRCH, f"no simulated task {pid}")
@@ -244,7 +253,7 @@ class Executor:
         return f"ok exit pid={pid}"
 
     def cmd_touch(self, cmd, a):
-        count = count_arg(cmd.args[0])
+        count = self.count(cmd.args[0])
         gfp = self._gfp(cmd)
         done = [0]
 
@@ -263,7 +272,7 @@ class Executor:
         return finish(attempt())
 
     def cmd_unlink(self, cmd, a):
-        n = self.engine.unlink(a.memcg, count_arg(cmd.args[0]))
+        n = self.engine.unlink(a.memcg, self.count(cmd.args[0]))
         return f"ok unlink files={n} cgroup={a.memcg.path()}"
 
     def cmd_drop_caches(self, cmd, a):

@@ -19,6 +19,8 @@ class Config:
     boot_slabs: bool = True
     max_kmem_cache_types: int = 300   # MAX_KMEM_CACHE_TYPES in v1/10 (spec 3.2)
     max_memcgs: int = 65535           # CSS_ID_MAX: mkdir beyond it is ENOSPC
+    max_tasks: int = 100000           # simulated tasks: spawn beyond it is ENOSPC
+    max_objects: int = 100_000_000    # objects (or pages) one control command may ask for: E2BIG
     vm_swappiness: int = 60           # what root's memory.swappiness shows
     event_log_size: int = 100000
 

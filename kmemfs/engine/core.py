@@ -61,6 +61,7 @@ class Engine:
         self.create_queue = {}                # (memcg, orig) -> None: async cache creation
         self.tasks = {}                       # pid -> Task, in creation order
         self.next_pid = SIM_PID_BASE
+        self.nr_simulated = 0
         self.alloc_seq = 0
         self.stock = [None, 0]                # per-CPU charge stock of CPU 0: memcg, pages
         self.oom_wake_seq = 0
@@ -263,9 +264,10 @@ class Engine:
         if memcg is not None:
             self._uncharge(memcg.kmem, delta, "kmem")
             if not memcg.independent_kmem_limit:
-                memcg.kmem_in_res -= delta
-                if memcg.kmem_in_res < 0:
-                    memcg.quirks.add("independent_toggled")
+                if not memcg.is_root:   # as on the charge side: root (ACCT_ROOT dead caches)
+                    memcg.kmem_in_res -= delta
+                    if memcg.kmem_in_res < 0:
+                        memcg.quirks.add("independent_toggled")
                 self._uncharge(memcg.res, delta, "res")   # memsw is not uncharged (spec 2.3)
                 self._oom_recover()
         elif self.config.acct_root:
@@ -833,6 +835,9 @@ class Engine:
         (Task or None, Result of the failing step or None)."""
         if memcg.removed:
             raise EngineError(errno.ENODEV, "cgroup was removed")
+        if self.nr_simulated >= self.config.max_tasks:
+            raise EngineError(errno.ENOSPC, f"{self.nr_simulated} simulated tasks: the cap "
+                              f"(max_tasks={self.config.max_tasks}) is reached")
         recipe = [(self.cache(name), n) for name, n in FORK_RECIPE]
         pid = self.next_pid
         t = Task(pid, memcg, simulated=True, comm="sim")
@@ -844,6 +849,7 @@ class Engine:
                     r.status = "nomem"
                 return None, r
         self.next_pid += 1
+        self.nr_simulated += 1
         self.tasks[pid] = t
         memcg.tasks[pid] = t
         self.emit("task_spawn", pid=pid, cgroup=memcg.path())
@@ -862,6 +868,7 @@ class Engine:
             self._uncharge_user(m, "anon", size // self.page, t)
         del t.memcg.tasks[t.pid]
         del self.tasks[t.pid]
+        self.nr_simulated -= t.simulated
         self.emit("task_exit", pid=t.pid, cgroup=t.memcg.path(), reason=reason)
 
     # ------------------------------------------------------------------ the dcache
