@@ -65,18 +65,32 @@ def check_mountpoint(mountpoint: str) -> None:
     """Clear one-line errors; a stale mount left by a killed daemon is cleaned first."""
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse is missing: load the fuse module or run on a host with FUSE")
-    try:
-        os.stat(mountpoint)
-    except OSError as e:
-        if e.errno != errno.ENOTCONN:
-            raise MountError(f"{mountpoint}: {e.strerror}") from None
+    if _stale(mountpoint):
         log.warning("%s: stale mount (Transport endpoint is not connected): cleaning it",
                     mountpoint)
         unmount(mountpoint, lazy=True)
+    try:
+        os.stat(mountpoint)
+    except OSError as e:
+        raise MountError(f"{mountpoint}: {e.strerror}") from None
     if not os.path.isdir(mountpoint):
         raise MountError(f"{mountpoint}: not a directory")
     if os.path.ismount(mountpoint):
         raise MountError(f"{mountpoint}: already a mount point (busy)")
+
+
+def _stale(mountpoint: str) -> bool:
+    """A dead FUSE daemon's mount answers ENOTCONN. stat may still be served from the
+    attribute cache for a moment, so also ask for something only the daemon can answer."""
+    for probe in (os.stat, os.statvfs):
+        try:
+            probe(mountpoint)
+        except OSError as e:
+            if e.errno == errno.ENOTCONN:
+                return True
+            if probe is os.stat:
+                return False
+    return False
 
 
 def unmount(mountpoint: str, lazy: bool = False) -> None:

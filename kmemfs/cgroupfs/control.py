@@ -4,6 +4,7 @@ import errno
 
 from ..engine import EngineError, render
 from .ctl import Blocked, Executor, error_line, parse_line, MAX_LINE
+from .tree import encode
 
 
 class CtlFile:
@@ -15,7 +16,7 @@ class CtlFile:
 
     def read(self, fs, h, off, size):
         # A stream: each read returns what this open file has not read yet.
-        text = "".join(h.state["results"]).encode()
+        text = encode("".join(h.state["results"]))
         pos = h.state["read_pos"]
         chunk = text[pos:pos + size]
         h.state["read_pos"] = pos + len(chunk)
@@ -23,7 +24,7 @@ class CtlFile:
 
     def write(self, fs, h, data, req):
         try:
-            text = data.decode()
+            text = data.decode("utf-8", "surrogateescape")
         except UnicodeDecodeError:
             raise EngineError(errno.EINVAL, "commands are UTF-8 text") from None
         lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
@@ -102,7 +103,8 @@ class EventsFile:
     def sync(self, engine):
         for seq, kind, fields in engine.events_since(self.seq):
             line = (f"{seq} {kind}" + "".join(f" {k}={_esc(v)}" for k, v in fields.items())
-                    + "\n").encode()
+                    + "\n")
+            line = encode(line)
             self.offsets.append(self.end)
             self.lines.append(line)
             self.end += len(line)
@@ -147,7 +149,7 @@ class SnapshotFile:
 
     def read(self, fs, h, off, size):
         if off == 0 or h.snapshot is None:
-            h.snapshot = self.render(fs).encode()
+            h.snapshot = encode(self.render(fs))
         return h.snapshot[off:off + size]
 
     def write(self, fs, h, data, req):

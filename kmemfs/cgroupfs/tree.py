@@ -5,6 +5,7 @@ Inode numbers: the root directory is 1, the hidden control directory 2 and its f
 a memcg with id k has directory inode k<<6 (root: 1) and file inodes (k<<6)|(index+1).
 """
 import errno
+import os
 import stat
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,11 @@ ROOT_INO = 1
 CTL_DIR_INO = 2
 CTL_DIR = ".kmemfs"
 NAME_MAX = 255
+
+
+def encode(text: str) -> bytes:
+    """Names are bytes to the kernel: a cgroup called b'\\xff' reads back as b'\\xff'."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 @dataclass
@@ -131,6 +137,8 @@ class CgroupFS:
         return memcg
 
     def lookup(self, parent_ino: int, name: str) -> Attr:
+        if len(os.fsencode(name)) > NAME_MAX:        # cgroup_lookup
+            raise EngineError(errno.ENAMETOOLONG, "name longer than 255 bytes")
         memcg = self._dir(parent_ino)
         if memcg == "ctl":
             if name not in self.special:
@@ -157,7 +165,7 @@ class CgroupFS:
         return out
 
     def _check_name(self, memcg, name: str) -> None:
-        if len(name.encode()) > NAME_MAX:
+        if len(os.fsencode(name)) > NAME_MAX:
             raise EngineError(errno.ENAMETOOLONG, "name longer than 255 bytes")
         if name in (".", "..") or name in memcg.children or (
                 name in BY_NAME and BY_NAME[name].exists_in(memcg, self.engine.config)) or (
@@ -249,7 +257,7 @@ class CgroupFS:
         if h.cft.read is None:
             raise EngineError(errno.EINVAL, "file is write-only")
         if off == 0 or h.snapshot is None:
-            h.snapshot = h.cft.read(self, h.memcg).encode()
+            h.snapshot = encode(h.cft.read(self, h.memcg))
         return h.snapshot[off:off + size]
 
     def write(self, fh: int, off: int, data: bytes, req: Request = None):
