@@ -158,6 +158,10 @@ def main(argv=None) -> int:
     c.add_argument("command", nargs=argparse.REMAINDER)
     c.set_defaults(fn=cmd_ctl)
 
+    from . import record, top       # the "see it" commands: top, record, plot
+    top.add_parsers(sub)
+    record.add_parsers(sub)
+
     args = p.parse_args(argv)
     verbose = args.verbose or getattr(args, "verbose", False)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,

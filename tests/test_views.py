@@ -1,0 +1,326 @@
+"""The "see it" tools against a real mount: `kmemfs top` (one frame and live in tmux),
+`kmemfs record` + `kmemfs plot`, the third-party cgroupspy library, and the
+memory.kmem.slabinfo format."""
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kmemfs import cgread
+from mounting import ROOT, sh
+
+pytestmark = pytest.mark.e2e
+KMEMFS = [sys.executable, "-m", "kmemfs"]
+
+
+def ctl(mnt, *lines):
+    with open(mnt.p(".kmemfs", "ctl"), "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+def populate(mnt):
+    """/a (2M limit, 100 dentries), /a/c, /b (1M page cache)."""
+    for d in ("a", "b", "a/c"):
+        os.mkdir(mnt.p(d))
+    with open(mnt.p("a", "memory.limit_in_bytes"), "w") as f:
+        f.write("2M")
+    ctl(mnt, "alloc dentry 100 cg=/a", "charge file 1M cg=/b")
+
+
+def kmemfs(*args, **kw):
+    env = dict(os.environ, COLUMNS="160")
+    return subprocess.run(KMEMFS + list(args), cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env=env, **kw)
+
+
+# --- top -------------------------------------------------------------------------------------
+def test_top_once_shows_rows_and_numbers(mnt):
+    populate(mnt)
+    r = kmemfs("top", mnt.path, "--once", "--select", "/a")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    row = {m.group(1): line for line in lines
+           if (m := re.match(r"^\W*?(/|[a-z])\s{2,}\d", line.lstrip(" ▸")))}
+    assert set(row) == {"/", "a", "b", "c"}, r.stdout
+    # tree order with indentation: /, a, c (under a), b
+    names = [re.match(r"^[ ▸]*(\S+)", ln).group(1) for ln in lines if ln in row.values()]
+    assert names == ["/", "a", "c", "b"]
+    indent = {k: len(re.match(r"^[ ▸]*", v).group(0)) for k, v in row.items()}
+    assert indent["/"] < indent["a"] < indent["c"] and indent["a"] == indent["b"]
+    # numbers: 100 dentries = 5 slabs of 20 = 20480 bytes, kmem and (dependent) usage
+    assert int(open(mnt.p("a", "memory.kmem.usage_in_bytes")).read()) == 20480
+    a = row["a"].split()
+    assert a[:3] == ["▸", "a", "20.0K"], row["a"]       # selected, usage
+    assert "2.0M" in a and "∞" in a and "max" in a        # limit, kmem limit unlimited
+    assert "1.0M" in row["b"].split()
+    # the slabs pane of /a and the events pane
+    assert "slabs of /a" in r.stdout
+    assert re.search(r"100/100\s+100%\s+192\s+18\.8K\s+dentry\(a\)", r.stdout)
+    assert "cache_create cache=dentry(a) cgroup=/a" in r.stdout
+
+
+def test_top_survives_cgroups_disappearing(mnt):
+    from kmemfs.top import View
+    populate(mnt)
+    v = View(mnt.path, select="/a/c")
+    v.refresh()
+    assert v.selected == "/a/c" and v.slabs == []
+    os.rmdir(mnt.p("a", "c"))
+    assert cgread.read_cgroup(mnt.path, "/a/c") is None      # gone, not an error
+    v.refresh()
+    assert v.selected == "/a" and [p for p, _ in v.rows] == ["/", "/a", "/b"]
+    assert v.slabs[0][0] == "dentry(a)"
+    v.handle("u")                                             # sort by usage: b (1M) first
+    assert [p for p, _ in v.rows] == ["/", "/b", "/a"]
+    v.tail.close()
+
+
+def test_top_live_in_tmux(mnt, tmp_path):
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    populate(mnt)
+    tmux = ["tmux", "-S", str(tmp_path / "tmux.sock")]    # a private server, removed after
+    cmd = (f"cd {ROOT} && {sys.executable} -m kmemfs top {mnt.path} --interval 0.3; "
+           "echo EXITED rc=$?; sleep 60")
+    subprocess.run(tmux + ["new-session", "-d", "-s", "top", "-x", "150", "-y", "40", cmd],
+                   check=True)
+
+    def screen():
+        return subprocess.run(tmux + ["capture-pane", "-p", "-t", "top"], capture_output=True,
+                              text=True).stdout
+
+    def wait_for(pred, timeout=15):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            s = screen()
+            if pred(s):
+                return s
+            time.sleep(0.1)
+        raise AssertionError(f"timed out; screen:\n{screen()}")
+
+    def order(s):
+        return [m.group(1) for m in re.finditer(r"^[ ▸]+(/|[a-z])\s{2,}\d", s, re.M)]
+
+    try:
+        s = wait_for(lambda s: "sort: name" in s and len(order(s)) == 4)
+        assert order(s) == ["/", "a", "c", "b"]
+        assert "slabs of /" in s and "events" in s and "q:quit" in s
+        subprocess.run(tmux + ["send-keys", "-t", "top", "u"], check=True)
+        s = wait_for(lambda s: "sort: usage" in s)
+        assert order(s) == ["/", "b", "a", "c"]                  # b (1M) before a (20K)
+        subprocess.run(tmux + ["send-keys", "-t", "top", "j", "j"], check=True)
+        s = wait_for(lambda s: "slabs of /a" in s)
+        assert "dentry(a)" in s
+        # a new event shows up in the events pane on the next refresh
+        ctl(mnt, "alloc inode_cache 5 cg=/b")
+        wait_for(lambda s: "cache=inode_cache(b)" in s)
+        subprocess.run(tmux + ["send-keys", "-t", "top", "q"], check=True)
+        wait_for(lambda s: "EXITED rc=0" in s)
+    finally:
+        subprocess.run(tmux + ["kill-server"], capture_output=True)
+
+
+# --- record / plot ---------------------------------------------------------------------------
+def test_record_then_plot(mnt, tmp_path):
+    os.mkdir(mnt.p("w"))
+    with open(mnt.p("w", "memory.limit_in_bytes"), "w") as f:
+        f.write("1M")
+    out, png = tmp_path / "run.jsonl", tmp_path / "run.png"
+    rec = subprocess.Popen(KMEMFS + ["record", mnt.path, "--interval", "0.1", "--out", str(out),
+                                     "--duration", "2"], cwd=ROOT, stderr=subprocess.PIPE,
+                           text=True)
+    time.sleep(0.3)
+    sh(f"for i in $(seq 12); do echo 'touch 150 cg=/w' > {mnt.p('.kmemfs', 'ctl')} || true; "
+       "sleep 0.08; done", check=True)
+    assert rec.wait(timeout=30) == 0, rec.stderr.read()
+    objs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert objs[0]["type"] == "header" and objs[0]["kmemfs"] and objs[0]["page_size"] == 4096
+    assert objs[-1]["type"] == "end" and objs[-1]["reason"] == "duration"
+    samples = [o for o in objs if o["type"] == "sample"]
+    assert len(samples) >= 15
+    ts = [s["t"] for s in samples]
+    assert ts == sorted(ts) and 1.9 <= ts[-1] <= 3
+    kmem = [s["cgroups"]["/w"]["kmem_usage"] for s in samples]
+    assert kmem[0] == 0 and kmem[-1] > 0 and len(set(kmem)) >= 4    # it moved over time
+    w = samples[-1]["cgroups"]["/w"]
+    assert w["limit"] == 1 << 20 and w["kmem_limit"] == cgread.UNLIMITED
+    assert w["independent"] == 0 and w["usage"] == w["kmem_usage"] <= 1 << 20
+    assert w["failcnt"] > 0 and w["tasks"] == 0 and w["memsw_usage"] is not None
+    kinds = {o["kind"] for o in objs if o["type"] == "event"}
+    assert {"cache_create", "charge_fail"} <= kinds
+    r = kmemfs("plot", str(out), "--out", str(png))
+    assert r.returncode == 0, r.stderr
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10000
+
+
+def test_record_stops_on_sigint(mnt, tmp_path):
+    out = tmp_path / "run.jsonl"
+    rec = subprocess.Popen(KMEMFS + ["record", mnt.path, "--interval", "0.05", "--out",
+                                     str(out)], cwd=ROOT, stderr=subprocess.PIPE)
+    os.mkdir(mnt.p("early"))
+    time.sleep(0.6)
+    for _ in range(20):                 # cgroups come and go while it samples
+        os.mkdir(mnt.p("flicker"))
+        os.rmdir(mnt.p("flicker"))
+    os.rmdir(mnt.p("early"))
+    os.mkdir(mnt.p("late"))
+    time.sleep(0.3)
+    rec.send_signal(signal.SIGINT)
+    assert rec.wait(timeout=10) == 0, rec.stderr.read()
+    objs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert objs[-1] == {**objs[-1], "type": "end", "reason": "signal"}
+    samples = [o for o in objs if o["type"] == "sample"]
+    assert "/early" in samples[0]["cgroups"] and "/late" not in samples[0]["cgroups"]
+    assert "/late" in samples[-1]["cgroups"] and "/early" not in samples[-1]["cgroups"]
+
+
+# --- cgroupspy -------------------------------------------------------------------------------
+def test_cgroupspy_walks_and_writes(mount_factory, tmp_path):
+    """cgroupspy wants a root holding one directory per controller (/sys/fs/cgroup/memory...):
+    mount kmemfs at <root>/memory and hand it <root>."""
+    trees = pytest.importorskip("cgroupspy.trees")
+    m = mount_factory(name="cgroup/memory")
+    os.mkdir(m.p("web"))
+    os.mkdir(m.p("web", "api"))
+    ctl(m, "alloc dentry 100 cg=/web/api")
+    root = str(tmp_path / "cgroup")
+
+    t = trees.Tree(root_path=root, groups=["memory"])
+    paths = [n.path for n in t.walk()]
+    assert paths == [b"/", b"/memory", b"/memory/web", b"/memory/web/api"]   # no .kmemfs
+    api = t.get_node_by_path("/memory/web/api/").controller
+    assert api.usage_in_bytes == 20480
+    assert api.stat["cache"] == 0 and api.stat["hierarchical_memory_limit"] == cgread.UNLIMITED
+    assert api.oom_control == {"oom_kill_disable": 0, "under_oom": 0}
+    assert int(api.get_property(b"memory.kmem.usage_in_bytes")) == 20480
+
+    web = t.get_node_by_path("/memory/web").controller
+    web.limit_in_bytes = 3 * 1024 * 1024 + 1              # PAGE_ALIGNed up by the kernel
+    assert web.limit_in_bytes == 3 * 1024 * 1024 + 4096
+    web.limit_in_bytes = None                             # cgroupspy writes -1: RESOURCE_MAX
+    assert web.get_content("limit_in_bytes") == cgread.UNLIMITED
+    web.set_property(b"memory.kmem.independent_kmem_limit", 1)
+    web.set_property(b"memory.kmem.limit_in_bytes", "2M")
+    assert int(web.get_property(b"memory.kmem.limit_in_bytes")) == 2 << 20
+    with pytest.raises(OSError) as e:                     # FlagFile; web has a child
+        web.use_hierarchy = True
+    assert e.value.errno == errno.EBUSY
+    api.use_hierarchy = True
+    assert api.use_hierarchy is True
+
+    node = t.get_node_by_path("/memory/web")
+    node.create_cgroup("batch")                           # mkdir through cgroupspy
+    assert os.path.isdir(m.p("web", "batch"))
+    assert os.path.exists(m.p("web", "batch", "memory.kmem.slabinfo"))
+    node.delete_cgroup("batch")
+    assert not os.path.exists(m.p("web", "batch"))
+
+    # GroupedTree (all controllers side by side) sees the same hierarchy
+    g = trees.GroupedTree(root_path=root, groups=["memory"])
+    api2 = g.get_node_by_path("/web/api")
+    assert api2 is not None and api2.memory.usage_in_bytes == 20480
+
+
+# --- memory.kmem.slabinfo format -------------------------------------------------------------
+HEADER = "# name            <active_objs> <num_objs> <objsize>"
+
+
+def parse_row(line):
+    """An independent reading of `%-17s %6lu %6lu %6u`: the last three fields are numbers,
+    the name is the rest; formatting them back must give the line byte for byte."""
+    name, active, num, size = line.rsplit(None, 3)
+    row = (name, int(active), int(num), int(size))
+    assert f"{name:<17} {row[1]:6d} {row[2]:6d} {row[3]:6d}" == line, line
+    return row
+
+
+def test_memcg_slabinfo_format(mnt):
+    for d in ("x", "x/y", "my web", "gone"):
+        os.mkdir(mnt.p(d))
+    ctl(mnt, "alloc dentry 100 cg=/x", "alloc size-64 1000 cg=/x", "kmalloc 3000 7 cg=/x/y",
+        "spawn cg=/x/y", "touch 30 cg=/gone")
+    sh(f'echo $$ > "{mnt.p("my web", "tasks")}"; echo "alloc dentry 3" > {mnt.p(".kmemfs", "ctl")}'
+       f'; echo $$ > {mnt.p("tasks")}', check=True)
+    os.rmdir(mnt.p("gone"))                               # leaves ...(gone)dead copies
+    global_rows = {r["name"]: r for r in cgread.parse_slabinfo(
+        open(mnt.p(".kmemfs", "slabinfo")).read())}
+    seen = {}
+    for rel in cgread.walk(mnt.path):
+        text = open(os.path.join(mnt.path, rel.lstrip("/"), "memory.kmem.slabinfo")).read()
+        lines = text.splitlines()
+        assert lines[0] == HEADER and text.endswith("\n")
+        rows = [parse_row(line) for line in lines[1:]]
+        assert rows == cgread.parse_memcg_slabinfo(text)
+        for name, active, num, size in rows:
+            assert 0 <= active <= num and size > 0
+            g = global_rows[name]                         # the same cache in /proc/slabinfo
+            assert (g["active_objs"], g["num_objs"], g["objsize"]) == (active, num, size)
+        seen[rel] = {r[0]: r for r in rows}
+    assert seen["/x"]["dentry(x)"][1:] == (100, 100, 192)
+    assert seen["/x"]["size-64(x)"][1] == 1000
+    assert seen["/x/y"]["size-4096(y)"][1] == 7 and "task_struct(y)" in seen["/x/y"]
+    assert seen["/my web"]["dentry(my web)"][1] == 3
+    assert {"dentry(gone)dead", "inode_cache(gone)dead"} <= set(seen["/"])
+    assert len(seen["/"]) > 100                           # root: the originals too
+
+
+# --- progress and manuals --------------------------------------------------------------------
+def test_progress_plain_and_terminal():
+    import io
+    from kmemfs.progress import progress
+    buf = io.StringIO()
+    with progress(1000, "fuzz", stream=buf) as p:
+        for _ in range(1000):
+            p.advance()
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "fuzz... 0% (0/1000)" and lines[-1] == "fuzz... 100% (1000/1000)"
+    assert "fuzz... 40% (400/1000)" in lines and len(lines) == 11
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    tty = Tty()
+    with progress(50, "bench", stream=tty) as p:
+        p.update(50)
+    assert "bench" in tty.getvalue() and "50/50" in tty.getvalue()
+
+
+def test_manuals():
+    for cmd, words in (("top", ["kmem.slabinfo", "keys:", "q, Ctrl-C", "examples:", "--once"]),
+                       ("record", ["--duration", "SIGINT", "dead", "examples:"]),
+                       ("plot", ["MiB", "OOM", "examples:"])):
+        r = kmemfs(cmd, "--help")
+        assert r.returncode == 0 and all(w in r.stdout for w in words), (cmd, r.stdout)
+
+
+def test_plain_v1_hierarchy_without_kmem(tmp_path):
+    """A kernel's memory hierarchy without the series: no kmem files, no .kmemfs/."""
+    root = tmp_path / "memory"
+    for d in (root, root / "web"):
+        d.mkdir()
+        for name, value in (("memory.usage_in_bytes", "4096"), ("memory.failcnt", "3"),
+                            ("memory.limit_in_bytes", "9223372036854771712"),
+                            ("memory.stat", "cache 4096\nrss 0\n"), ("tasks", "1\n2\n"),
+                            ("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\n")):
+            (d / name).write_text(value + ("" if value.endswith("\n") else "\n"))
+    r = kmemfs("top", str(root), "--once", "--select", "/web")
+    assert r.returncode == 0, r.stderr
+    web = next(ln for ln in r.stdout.splitlines() if "web" in ln and "4.0K" in ln).split()
+    assert web[1:] == ["web", "4.0K", "∞", "max", "-", "-", "-", "3", "-", "2"]
+    assert "no memory.kmem.slabinfo" in r.stdout and "no .kmemfs/events" in r.stdout
+    out = tmp_path / "r.jsonl"
+    r = kmemfs("record", str(root), "--interval", "0.1", "--duration", "0.3", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    objs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert objs[0]["kmemfs"] is False and "dead" not in objs[1]
+    assert objs[1]["cgroups"]["/web"]["kmem_usage"] is None
+    r = kmemfs("plot", str(out), "--out", str(tmp_path / "r.png"))
+    assert r.returncode == 0, r.stderr
