@@ -28,7 +28,7 @@ class CtlFile:
         except UnicodeDecodeError:
             raise EngineError(errno.EINVAL, "commands are UTF-8 text") from None
         lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-        if any(len(ln) > MAX_LINE for ln in lines):
+        if any(len(encode(ln)) > MAX_LINE for ln in lines):     # bytes, as docs/ctl.md says
             raise EngineError(errno.E2BIG, f"a command line is longer than {MAX_LINE} bytes")
         return run_lines(fs, h, lines, 0, len(data), req)
 
@@ -38,16 +38,22 @@ def run_lines(fs, h, lines, i, nbytes, req):
     ex, results = h.state["executor"], h.state["results"]
     for k in range(i, len(lines)):
         try:
-            results.append(ex.run(parse_line(lines[k]), req) + "\n")
+            results.append(result_line(ex.run(parse_line(lines[k]), req)))
         except Blocked as b:
             fs.after_change()
             return Pending(fs, h, b, lines, k, nbytes, req)
         except EngineError as e:
-            results.append(error_line(e) + "\n")
+            results.append(result_line(error_line(e)))
             fs.after_change()
             raise
         fs.after_change()
     return nbytes
+
+
+def result_line(text: str) -> str:
+    """One line per command: a newline inside (a cgroup name may hold one) is written
+    `\\012`, as in the event log."""
+    return text.replace("\n", "\\012") + "\n"
 
 
 class Pending:
@@ -73,11 +79,11 @@ class Pending:
             return self
         except EngineError as e:
             self.done = True
-            self.h.state["results"].append(error_line(e) + "\n")
+            self.h.state["results"].append(result_line(error_line(e)))
             self.fs.after_change()
             raise
         self.done = True
-        self.h.state["results"].append(line + "\n")
+        self.h.state["results"].append(result_line(line))
         self.fs.after_change()
         return run_lines(self.fs, self.h, self.lines, self.k + 1, self.nbytes, self.req)
 

@@ -66,7 +66,7 @@ def parse_line(line: str) -> Command:
 
 
 def number(text: str, what: str) -> int:
-    if not text.isdigit() or len(text) > 20:
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:   # not '²': int() refuses it
         raise bad(f"{what} must be a decimal number, not {text!r}")
     return int(text)
 

@@ -29,6 +29,9 @@ FORK_RECIPE = (("task_struct", 1), ("cred_jar", 1), ("signal_cache", 1), ("sigha
                ("files_cache", 1), ("fs_cache", 1), ("mm_struct", 1), ("vm_area_struct", 8),
                ("anon_vma", 1), ("anon_vma_chain", 8), ("pid", 1))
 DENTRY, INODE = "dentry", "inode_cache"
+# Plain int: `gfp & (Gfp.A | Gfp.B)` builds IntFlag members on every allocation, which was
+# half the cost of a 1-object alloc+free (scripts/bench_engine.py).
+_NO_COPY = int(Gfp.NOACCOUNT | Gfp.NOFAIL)
 
 
 @dataclass
@@ -166,7 +169,7 @@ class Engine:
 
     def _select_cache(self, orig: KmemCache, memcg: Memcg, gfp: Gfp, irq: bool) -> KmemCache:
         """mem_cgroup_get_kmem_cache (spec 3.1): which cache serves this allocation."""
-        if irq or gfp & (Gfp.NOACCOUNT | Gfp.NOFAIL) or orig.is_copy or memcg is None \
+        if irq or int(gfp) & _NO_COPY or orig.is_copy or memcg is None \
                 or memcg.is_root or memcg.removed:
             return orig
         c = memcg.slabs.get(orig.id)
@@ -433,6 +436,8 @@ class Engine:
     # ------------------------------------------------------------------ user pages
     def charge_user(self, memcg: Memcg, kind: str, nbytes: int, task=None) -> Result:
         """Page faults (anon) or page cache (file): pages charged one by one, with OOM."""
+        if memcg.removed:     # a command that slept on this cgroup's OOM until its rmdir
+            raise EngineError(errno.ENODEV, "cgroup was removed")
         pages = -(-nbytes // self.page)
         res = Result(pages)
         if memcg.is_root or self._bulk_fits(memcg, pages):
@@ -617,6 +622,10 @@ class Engine:
         self.nr_memcgs -= 1
         for key in [k for k in self.create_queue if k[0] is memcg]:
             del self.create_queue[key]
+        # A control command can charge a cgroup it is not in (cg=) and sleep on its OOM;
+        # the cgroup is gone now: wake the sleepers so they retry (and fail) instead of
+        # waiting for an unrelated memcg_oom_recover.
+        self._oom_recover()
 
     def _check_empty(self, memcg):
         if memcg.tasks:
@@ -664,6 +673,13 @@ class Engine:
             if not pages:
                 return
             if parent.is_root or self._parent_takes(parent, pages):
+                # Under hierarchy the parent's reclaim may have taken some of these very
+                # pages: it was charged for them and they are gone, so it gives them back.
+                gone = pages - (memcg.rss_bytes + memcg.cache_bytes) // self.page
+                if gone and not parent.is_root:
+                    self._uncharge(parent.res, gone * self.page, "res")
+                    if self.config.swap_account:
+                        self._uncharge(parent.memsw, gone * self.page, "memsw")
                 self._reparent(memcg, parent)
                 return
             # ENOMEM from the parent: reclaim here once, then EBUSY (spec 4.1).
