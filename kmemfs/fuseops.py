@@ -8,7 +8,6 @@ import ctypes
 import errno
 import logging
 import os
-import signal
 
 import pyfuse3
 import trio
@@ -20,7 +19,7 @@ log = logging.getLogger("kmemfs")
 TIMEOUT = 1.0          # entry/attr cache lifetime (seconds): short, names change often
 SYS_pidfd_getfd = 438
 PIDFD_THREAD = os.O_EXCL
-KILL_POLL = 0.2       # seconds between looks for a SIGKILL queued to a waiting writer
+SIGNAL_POLL = 0.2     # seconds between looks at a waiting writer's pending signals
 
 
 def _fuse_errors(fn):
@@ -200,42 +199,24 @@ class Operations(pyfuse3.Operations):
 
     async def _wait(self, pending, pid: int) -> int:
         """A charge sleeps on a memcg OOM (oom_kill_disable=1): wait for memcg_oom_recover,
-        then retry; give up when the writer dies or is killed. Only the SIGKILL check polls:
-        the kernel keeps a killed writer in D state until the reply (fuse request_wait_answer)
-        and pyfuse3 passes no FUSE_INTERRUPT, so its pidfd would never become readable."""
-        pidfd = _pidfd(pid)
+        then retry. A signal for the writer ends the wait with EINTR, as it ends the kernel's
+        sleep. pyfuse3 passes no FUSE_INTERRUPT, and the kernel keeps even a SIGKILLed writer
+        waiting for our reply, so while (and only while) a writer waits its pending signals
+        are looked at every SIGNAL_POLL seconds."""
         try:
             while not isinstance(pending, int):
-                async with trio.open_nursery() as nursery:
-                    async def relieved():
-                        await self.wake.wait()
-                        nursery.cancel_scope.cancel()
-
-                    async def writer_died():
-                        if pidfd is None:
-                            await trio.sleep_forever()
-                        await trio.lowlevel.wait_readable(pidfd)
-                        nursery.cancel_scope.cancel()
-
-                    async def writer_killed():
-                        while not _kill_pending(pid):
-                            await trio.sleep(KILL_POLL)
-                        nursery.cancel_scope.cancel()
-                    nursery.start_soon(relieved)
-                    nursery.start_soon(writer_died)
-                    nursery.start_soon(writer_killed)
-                if (pidfd is not None and _exited(pidfd)) or _kill_pending(pid):
+                with trio.move_on_after(SIGNAL_POLL):
+                    await self.wake.wait()
+                    pending = pending.resume()
+                    continue
+                if _signal_pending(pid):
                     pending.cancel()
                     raise pyfuse3.FUSEError(errno.EINTR)
-                pending = pending.resume()
             return pending
         except BaseException:
             if not isinstance(pending, int) and not pending.done:
                 pending.cancel()
             raise
-        finally:
-            if pidfd is not None:
-                os.close(pidfd)
 
     @_fuse_errors
     async def release(self, fh):
@@ -261,25 +242,24 @@ def _pidfd(pid: int):
     return None
 
 
-def _exited(pidfd: int) -> bool:
-    import select
-    return bool(select.select([pidfd], [], [], 0)[0])
-
-
-def _kill_pending(pid: int) -> bool:
-    """A SIGKILL (or another fatal signal, which the kernel turns into one) is queued for
-    the writer: /proc/PID/status SigPnd or ShdPnd has bit SIGKILL-1."""
+def _signal_pending(pid: int) -> bool:
+    """The writer has an unblocked signal queued (SigPnd/ShdPnd minus SigBlk in
+    /proc/PID/status), or is gone."""
     if not pid:
         return False
+    pending = blocked = 0
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
-                if line.startswith((b"SigPnd:", b"ShdPnd:")) and \
-                        int(line.split()[1], 16) & (1 << (signal.SIGKILL - 1)):
-                    return True
+                if line.startswith((b"SigPnd:", b"ShdPnd:")):
+                    pending |= int(line.split()[1], 16)
+                elif line.startswith(b"SigBlk:"):
+                    blocked = int(line.split()[1], 16)
+    except FileNotFoundError:
+        return True
     except (OSError, ValueError, IndexError):
-        pass
-    return False
+        return False
+    return bool(pending & ~blocked)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

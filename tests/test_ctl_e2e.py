@@ -614,6 +614,30 @@ def test_blocked_writer_killed_releases_the_wait(tm):
     assert ok(tm, "check") == "ok check invariants=hold"
 
 
+def test_signal_to_blocked_writer_gives_eintr(tm):
+    """issue 4: a signal to a writer sleeping on the memcg OOM ends its write with EINTR
+    (the kernel's mem_cgroup_handle_oom sleep is interruptible too)."""
+    _blocking_cgroup(tm, "s")
+    w = subprocess.Popen(["bash", "-c", "trap 'echo trapped' USR1; "
+                          f"exec 3<>{tm.p('.kmemfs/ctl')}; "
+                          "echo 'alloc dentry 100000 cg=/s' >&3 2>/dev/null; echo rc=$?; "
+                          "cat <&3"], stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: under_oom(tm, "s") == 1, "under_oom 1")
+        w.send_signal(signal.SIGUSR1)
+        out, _ = w.communicate(timeout=WAIT)
+    finally:
+        if w.poll() is None:
+            sh(f"echo -1 > {tm.p('s', 'memory.limit_in_bytes')}")
+            w.kill()
+            w.wait()
+    lines = out.splitlines()
+    assert "trapped" in lines and "rc=1" in lines
+    assert any(ln.startswith("error: EINTR") for ln in lines)
+    assert under_oom(tm, "s") == 0
+    assert slabs(tm)["dentry(s)"] == (200, 200)       # what it got before sleeping stays
+
+
 def test_blocked_writer_fails_when_oom_kill_disable_is_cleared(tm):
     """memcg_oom_recover also runs when oom_kill_disable goes back to 0: the retried charge
     then calls the OOM killer, which finds no task in /c (`cg=` acts for nobody)."""
