@@ -8,6 +8,7 @@ calls `end_oom_wait`, and re-issues what is left.
 """
 import errno
 from collections import deque
+from itertools import islice
 from dataclasses import dataclass, field
 
 from . import catalogue as _catalogue
@@ -89,10 +90,9 @@ class Engine:
         self.events.append((self.event_seq, kind, fields))
 
     def events_since(self, seq: int):
-        if self.events and self.events[0][0] > seq + 1:
-            seq = self.events[0][0] - 1    # older ones fell off the bounded log
-        start = len(self.events) - (self.event_seq - seq)
-        return list(self.events)[max(start, 0):]
+        # O(new events), not O(log): this runs after every write once an event is registered.
+        n = min(self.event_seq - seq, len(self.events))   # older ones fell off the bounded log
+        return list(islice(reversed(self.events), n))[::-1] if n > 0 else []
 
     # ------------------------------------------------------------------ caches
     def kmem_cache_create(self, spec) -> KmemCache:
