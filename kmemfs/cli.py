@@ -37,12 +37,8 @@ def cmd_mount(args) -> int:
         daemon.check_mountpoint(mp)
         if args.foreground:
             fs = daemon.build_or_restore(config, bool(args.o), args.slabinfo, args.state)
-            ready = None
-            if args.ready_fd is not None:
-                def ready():
-                    os.write(args.ready_fd, b"ready\n")
-                    os.close(args.ready_fd)
-            daemon.serve(mp, fs, fuse_opts, ready, args.state, args.save_interval)
+            daemon.serve(mp, fs, fuse_opts, _ready_notifier(args.ready_fd), args.state,
+                         args.save_interval)
             return 0
         return _background(args, mp)
     except daemon.MountError as e:
@@ -50,6 +46,17 @@ def cmd_mount(args) -> int:
             os.write(args.ready_fd, f"{e}\n".encode())
         print(f"kmemfs: {e}", file=sys.stderr)
         return 1
+
+
+def _ready_notifier(fd):
+    """Tell the `kmemfs mount` that started us (through a pipe) that the mount is up."""
+    if fd is None:
+        return None
+
+    def ready():
+        os.write(fd, b"ready\n")
+        os.close(fd)
+    return ready
 
 
 def _background(args, mp) -> int:

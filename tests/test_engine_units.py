@@ -8,7 +8,7 @@ import pytest
 from kmemfs.engine import (GFP_ATOMIC, GFP_KERNEL, GFP_NOFS, GFP_NOIO, GFP_NOWAIT,
                            RESOURCE_MAX, EngineError, Gfp, check, parse_catalogue, parse_gfp)
 from kmemfs.engine import render
-from kmemfs.engine.core import FORK_RECIPE
+from kmemfs.engine.tasks import FORK_RECIPE
 from kmemfs.engine.res_counter import ResCounter
 
 from engine_helpers import (BOOT_BYTES, CATALOGUE, FIRST_SPAWN_BYTES, HEADER, PAGE, events,

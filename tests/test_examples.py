@@ -7,7 +7,7 @@ import re
 import pytest
 
 from kmemfs.engine import load_catalogue
-from kmemfs.engine.core import FORK_RECIPE
+from kmemfs.engine.tasks import FORK_RECIPE
 from mounting import ROOT, sh
 
 pytestmark = pytest.mark.e2e

@@ -1,0 +1,203 @@
+"""Caches and objects: the catalogue's originals, per-memcg copies made on first use, the
+async creation queue, slab growth (which charges) and slab destruction (which uncharges),
+and object allocation and freeing (spec 2.1, 3.1-3.5)."""
+import errno
+
+from .errors import EngineError
+from .gfp import GFP_KERNEL, Gfp
+from .memcg import Memcg
+from .result import OK, OOM_DIE, WAIT, Result
+from .slab import KmemCache, Owner
+
+# Plain int: `gfp & (Gfp.A | Gfp.B)` builds IntFlag members on every allocation, which was
+# half the cost of a 1-object alloc+free (scripts/bench_engine.py).
+_NO_COPY = int(Gfp.NOACCOUNT | Gfp.NOFAIL)
+
+
+class CacheOps:
+    # ------------------------------------------------------------------ caches
+    def kmem_cache_create(self, spec) -> KmemCache:
+        if spec.name in self.originals:
+            raise EngineError(errno.EEXIST, f"cache {spec.name} exists")
+        if not self.free_ids:
+            # The kernel BUG()s here (spec 3.2); we refuse instead.
+            raise EngineError(errno.ENOSPC, f"more than MAX_KMEM_CACHE_TYPES="
+                              f"{self.config.max_kmem_cache_types} caches")
+        cid = self.free_ids.pop(0)  # the lowest free bit
+        c = KmemCache(spec.name, spec.objsize, spec.objperslab, spec.pagesperslab, spec.limit,
+                      spec.batchcount, spec.shared, self.config.nr_cpus, id=cid)
+        self.originals[c.name] = c
+        self._add_cache(c)
+        if self.config.boot_slabs and spec.num_slabs:
+            self._boot_fill(c, spec)
+        return c
+
+    def _boot_fill(self, c: KmemCache, spec) -> None:
+        """Rebuild the dump's slab state: active objects spread over active slabs."""
+        active, aslabs = spec.active_objs, spec.active_slabs
+        if aslabs and active < aslabs:
+            aslabs = active
+        runs = self.boot.runs.setdefault(c, [])
+        c.holders[self.boot] = None
+        for i in range(spec.num_slabs):
+            slab = c.add_slab()
+            if self.config.acct_root:
+                self.pre_memcg_kmem_bytes += c.pages * self.page
+            n = active // aslabs + (i < active % aslabs) if i < aslabs else 0
+            slab.inuse = n
+            if n:
+                runs.append([slab, n, 0])
+            if n == 0:
+                c.free[slab] = None
+            elif n < c.num:
+                c.partial[slab] = None
+        c.active_objs = active
+        c.free_objects = spec.num_slabs * c.num - active
+        if not runs:
+            del self.boot.runs[c]
+            del c.holders[self.boot]
+
+    def _add_cache(self, c: KmemCache) -> None:
+        self.cache_serial += 1
+        c.serial = self.cache_serial
+        self.caches[c] = None
+
+    def cache(self, name: str) -> KmemCache:
+        c = self.originals.get(name)
+        if c is None:
+            raise EngineError(errno.EINVAL, f"no cache named {name!r}")
+        return c
+
+    def kmalloc_cache(self, size: int) -> KmemCache:
+        for objsize, c in self.kmalloc:
+            if objsize >= size:
+                return c
+        raise EngineError(errno.ENOMEM, f"kmalloc({size}): larger than the largest size-N cache")
+
+    def caches_newest_first(self):
+        return reversed(self.caches)
+
+    def _create_copy(self, memcg: Memcg, orig: KmemCache) -> KmemCache:
+        """patch 05/10: `orig(basename)`, same geometry and tunables, SLAB_MEMCG, list head."""
+        c = KmemCache(f"{orig.name}({memcg.name})", orig.objsize, orig.num, orig.pages,
+                      orig.limit, orig.batchcount, orig.shared, self.config.nr_cpus,
+                      memcg=memcg, orig=orig)
+        memcg.slabs[orig.id] = c
+        orig.children.append(c)
+        self._add_cache(c)
+        self.emit("cache_create", cache=c.name, cgroup=memcg.path())
+        return c
+
+    def _select_cache(self, orig: KmemCache, memcg: Memcg, gfp: Gfp, irq: bool) -> KmemCache:
+        """mem_cgroup_get_kmem_cache (spec 3.1): which cache serves this allocation."""
+        if irq or int(gfp) & _NO_COPY or orig.is_copy or memcg is None \
+                or memcg.is_root or memcg.removed:
+            return orig
+        c = memcg.slabs.get(orig.id)
+        if c is not None:
+            return c
+        if gfp & GFP_KERNEL == GFP_KERNEL:
+            return self._create_copy(memcg, orig)
+        if (memcg, orig) not in self.create_queue:
+            self.create_queue[(memcg, orig)] = None
+        return orig
+
+    def run_workqueue(self) -> list:
+        """Drain the async creation queue in order (one global work item, spec 3.1)."""
+        made = []
+        while self.create_queue:
+            memcg, orig = key = next(iter(self.create_queue))
+            del self.create_queue[key]
+            if not memcg.removed and orig.id not in memcg.slabs:
+                made.append(self._create_copy(memcg, orig))
+        return made
+
+    def _destroy_cache(self, c: KmemCache) -> None:
+        c.destroyed = True
+        del self.caches[c]
+        if c.orig is not None:
+            c.orig.children.remove(c)
+        self.emit("cache_destroy", cache=c.name)
+
+    # ------------------------------------------------------------------ slab pages
+    def _grow(self, cache: KmemCache, gfp: Gfp, current, res: Result):
+        """cache_grow -> kmem_getpages: charge first, then the page (spec 2.1)."""
+        def grow():
+            r = self.memcg_charge_kmem(cache.memcg, gfp, cache.pages * self.page, current)
+            if r == OK:
+                return cache.add_slab()
+            if r == WAIT:
+                res.status, res.wait_on = "wait", self._waiting
+            elif r == OOM_DIE:
+                res.status = "killed"
+            else:
+                res.status = "nomem"
+            return None
+        return grow
+
+    def _slab_freed(self, cache: KmemCache):
+        def destroy(slab):
+            # kmem_freepages: the cache's memcg pays back, not the freeing task's (spec 2.1).
+            self.memcg_uncharge_kmem(cache.memcg, cache.pages * self.page)
+        return destroy
+
+    def _after_free(self, cache: KmemCache) -> None:
+        if cache.dead and cache.nr_slabs == 0 and not cache.destroyed:
+            self._destroy_cache(cache)
+
+    # ------------------------------------------------------------------ object allocation
+    def alloc(self, orig: KmemCache, count: int, memcg: Memcg, gfp: Gfp = GFP_KERNEL,
+              irq: bool = False, task=None, owner=None) -> Result:
+        """kmem_cache_alloc() `count` times by a task of `memcg` (spec 3.1, 2.1)."""
+        res = Result(count)
+        cache = self._select_cache(orig, memcg, gfp, irq)
+        res.cache = cache
+        owner = owner if owner is not None else (memcg.pool if memcg else self.boot)
+        self.alloc_seq += 1
+        self._waiting = None
+        res.done = cache.alloc(count, owner, self.alloc_seq,
+                               self._grow(cache, gfp, task, res))
+        if task is not None and owner is task.objs and task.pid not in self.tasks:
+            self.free_owner(owner)   # OOM-killed during this call: its exit frees these too
+        return res
+
+    def free(self, cache: KmemCache, owner: Owner, count: int) -> int:
+        n = cache.free_objs(owner, count, self._slab_freed(cache))
+        self._after_free(cache)
+        return n
+
+    def free_named(self, name: str, count: int, memcg: Memcg) -> int:
+        """`free CACHE COUNT`: an original name frees the cgroup's objects of it (its copy and
+        the global cache, newest first); a concrete name frees from that cache."""
+        if name in self.originals:
+            orig = self.originals[name]
+            cands = [(c, memcg.pool) for c in (memcg.slabs.get(orig.id), orig) if c is not None]
+        else:
+            cands = [(c, o) for c in self.caches_newest_first() if c.name == name
+                     for o in list(c.holders) if o is not self.boot]
+            if not any(c.name == name for c in self.caches):
+                raise EngineError(errno.EINVAL, f"no cache named {name!r}")
+        done = 0
+        while done < count:
+            live = [(o.newest(c), c, o) for c, o in cands if o.runs.get(c)]
+            if not live:
+                break
+            _, c, o = max(live, key=lambda x: x[0])
+            # free one run at a time so newest-first holds across caches
+            done += self.free(c, o, min(count - done, o.runs[c][-1][1]))
+        return done
+
+    def free_owner(self, owner: Owner) -> int:
+        n = 0
+        for cache in list(owner.runs):
+            n += self.free(cache, owner, owner.count(cache))
+        return n
+
+    def reap(self) -> int:
+        """Destroy every empty slab of every cache (and so dead caches left with none)."""
+        n = 0
+        for cache in list(self.caches):
+            if cache.free:
+                n += cache.reap(self._slab_freed(cache))
+            self._after_free(cache)
+        return n

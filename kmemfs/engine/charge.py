@@ -1,0 +1,312 @@
+"""The charge paths: kmem charge and uncharge with the bypass ledger (spec 2.2-2.3, 2.7),
+3.3's memcg charge path with patch 03/10 and the per-CPU stock (2.4-2.5), reclaim, the memcg
+OOM killer, and user pages."""
+import errno
+
+from .errors import EngineError
+from .gfp import GFP_KERNEL, Gfp
+from .memcg import Memcg
+from .result import NOMEM, NOVICTIM, OK, OOM_DIE, RETRY, WAIT, WOULDBLOCK, Result
+
+MEM_CGROUP_RECLAIM_RETRIES = 5
+SWAP_CLUSTER_MAX = 32
+
+
+class ChargePath:
+    # ------------------------------------------------------------------ kmem charge (spec 2.2-2.3)
+    def memcg_charge_kmem(self, memcg, gfp: Gfp, delta: int, current=None) -> int:
+        may_oom = bool(gfp & Gfp.WAIT and gfp & Gfp.FS and not gfp & Gfp.NORETRY)
+        if memcg is not None and not memcg.independent_kmem_limit:
+            r = self.try_charge(memcg, gfp, delta // self.page, may_oom, current)
+            if r in (NOMEM, WAIT):
+                return r
+            if r == OOM_DIE:
+                if not memcg.is_root:
+                    memcg.kmem_bypassed += delta
+                    self.emit("bypass", cgroup=memcg.path(), bytes=delta)
+                memcg = None
+            elif not memcg.is_root:
+                memcg.kmem_in_res += delta
+                if self.config.swap_account:
+                    memcg.kmem_in_memsw += delta
+        if memcg is not None:
+            failed = memcg.kmem.charge(delta)
+            if failed is not None:
+                self.emit("charge_fail", cgroup=failed.owner.path(), counter="kmem", bytes=delta,
+                          gfp=int(gfp))
+                if not memcg.independent_kmem_limit:
+                    # spec 2.9 d: dependent with a left-over kmem limit; res stays charged.
+                    memcg.quirks.add("kmem_fail_after_res")
+                return NOMEM
+        elif self.config.acct_root:
+            if self.root is None:
+                self.pre_memcg_kmem_bytes += delta
+            else:
+                self.root.kmem.charge_nofail(delta)
+        return OK
+
+    def memcg_uncharge_kmem(self, memcg, delta: int) -> None:
+        if memcg is not None and memcg.kmem_bypassed > 0:
+            b = min(memcg.kmem_bypassed, delta)
+            self.memcg_uncharge_kmem(None, b)
+            memcg.kmem_bypassed -= b
+            delta -= b
+            if not delta:
+                return
+        if memcg is not None:
+            self._uncharge(memcg.kmem, delta, "kmem")
+            if not memcg.independent_kmem_limit:
+                if not memcg.is_root:   # as on the charge side: root (ACCT_ROOT dead caches)
+                    memcg.kmem_in_res -= delta
+                    if memcg.kmem_in_res < 0:
+                        memcg.quirks.add("independent_toggled")
+                self._uncharge(memcg.res, delta, "res")   # memsw is not uncharged (spec 2.3)
+                self._oom_recover()
+        elif self.config.acct_root:
+            self._uncharge(self.root.kmem, delta, "kmem")
+
+    def _uncharge(self, counter, delta: int, name: str) -> None:
+        for c, short in counter.uncharge(delta):
+            for u in c.chain():    # the levels above lost `short` more than c did
+                u.owner.quirks.add("underflow")
+            self.emit("uncharge_underflow", cgroup=c.owner.path(), counter=name, bytes=short)
+
+    # ------------------------------------------------------------------ memcg charge (spec 2.4-2.5)
+    def try_charge(self, memcg: Memcg, gfp: Gfp, n: int, may_oom: bool, current=None) -> int:
+        """__mem_cgroup_try_charge with patch 03/10. Returns OK, NOMEM, WAIT or OOM_DIE."""
+        if memcg.is_root:
+            return OK
+        batch = n
+        if self.config.charge_batch:
+            if self._consume_stock(memcg, n):
+                return OK
+            batch = max(self.config.charge_batch, n)
+        oom_retries = MEM_CGROUP_RECLAIM_RETRIES
+        while True:
+            oom_check = False
+            if may_oom and not oom_retries:
+                oom_check = True
+                oom_retries = MEM_CGROUP_RECLAIM_RETRIES
+            r = self._do_charge(memcg, gfp, batch, n, oom_check, current)
+            if r == OK:
+                return OK
+            if r == RETRY:
+                batch = n
+            elif r == WOULDBLOCK:
+                return NOMEM
+            elif r == NOMEM:
+                if not may_oom:
+                    return NOMEM
+                oom_retries -= 1
+            elif r == NOVICTIM:
+                return NOMEM
+            else:
+                return r     # WAIT or OOM_DIE
+
+    def _do_charge(self, memcg, gfp, batch, n, oom_check, current) -> int:
+        size = batch * self.page
+        failed = memcg.res.charge(size)
+        if failed is None and self.config.swap_account:
+            failed = memcg.memsw.charge(size)
+            if failed is not None:
+                memcg.res.uncharge(size)
+        if failed is None:
+            if batch > n:
+                self._refill_stock(memcg, batch - n)
+            return OK
+        over = failed.owner
+        if batch > n:
+            return RETRY          # the batch did not fit: retry the exact size, no reclaim
+        self.emit("charge_fail", cgroup=over.path(), counter="memsw" if failed is over.memsw
+                  else "res", bytes=n * self.page, gfp=int(gfp))
+        if not gfp & Gfp.WAIT:
+            return WOULDBLOCK
+        if gfp & Gfp.NORETRY:
+            return NOMEM          # 03/10: NOMEM with no reclaim
+        progress = self.reclaim(over, n)
+        if failed.margin() >= n * self.page:
+            return RETRY
+        if progress:
+            # 03/10 compares pages with bytes, so any progress retries (spec 2.4, 2.9 e).
+            return RETRY
+        if not oom_check:
+            return NOMEM
+        return self._handle_oom(over, gfp, current)
+
+    def _consume_stock(self, memcg, n) -> bool:
+        s = self.stock
+        if s[0] is memcg and s[1] >= n:
+            s[1] -= n
+            return True
+        return False
+
+    def _refill_stock(self, memcg, n) -> None:
+        if self.stock[0] is not memcg:
+            self.drain_stock()
+            self.stock[0] = memcg
+        self.stock[1] += n
+
+    def drain_stock(self) -> None:
+        memcg, n = self.stock
+        if memcg is not None and n:
+            self._uncharge(memcg.res, n * self.page, "res")
+            if self.config.swap_account:
+                self._uncharge(memcg.memsw, n * self.page, "memsw")
+            self._oom_recover()
+        self.stock[:] = [None, 0]
+
+    def stock_pages(self, memcg) -> int:
+        return self.stock[1] if self.stock[0] is memcg else 0
+
+    # ------------------------------------------------------------------ reclaim and OOM
+    def reclaim(self, memcg: Memcg, n: int) -> int:
+        """Hierarchical reclaim of user pages: only page cache can go (no swap, and the
+        series has no shrinker changes, so slab is never shrunk). Returns pages freed."""
+        if self.stock[0] is not None and self.stock[0] in set(memcg.tree()):
+            self.drain_stock()
+        want = max(n, SWAP_CLUSTER_MAX)
+        freed = 0
+        for m in memcg.tree():
+            take = min(m.cache_bytes // self.page, want - freed)
+            if take:
+                self._uncharge_user(m, "file", take)
+                freed += take
+            if freed >= want:
+                break
+        self.emit("reclaim", cgroup=memcg.path(), pages=freed)
+        return freed
+
+    def _handle_oom(self, memcg: Memcg, gfp: Gfp, current) -> int:
+        """mem_cgroup_handle_oom: sleep when the OOM killer is disabled, else kill."""
+        if memcg.oom_kill_disable:
+            for m in memcg.tree():
+                m.under_oom += 1
+            self.nr_under_oom += 1
+            self._waiting = memcg
+            self.emit("under_oom", cgroup=memcg.path())
+            return WAIT
+        victim = self.select_bad_process(memcg)
+        if victim is None:
+            # The kernel would retry for ever with nothing to kill; we fail the charge.
+            self.emit("oom_kill", cgroup=memcg.path(), pid=0, victim="none")
+            return NOVICTIM
+        self.emit("oom_kill", cgroup=memcg.path(), pid=victim.pid,
+                  rss=victim.rss_total(), simulated=int(victim.simulated))
+        self._exit(victim, "oom_kill")
+        if victim is current:
+            return OOM_DIE
+        return RETRY
+
+    def end_oom_wait(self, memcg: Memcg) -> None:
+        """The waiter left mem_cgroup_handle_oom (woken, or interrupted by a signal)."""
+        for m in memcg.tree():
+            m.under_oom = max(0, m.under_oom - 1)
+        self.nr_under_oom = max(0, self.nr_under_oom - 1)
+
+    def _oom_recover(self) -> None:
+        if self.nr_under_oom:
+            self.oom_wake_seq += 1
+
+    def select_bad_process(self, memcg: Memcg):
+        """3.3 oom_badness: rss scaled to 1000 of the memcg's limit, at least 1; the first
+        task (oldest) wins a tie."""
+        members = set(memcg.tree())
+        total = max(1, min(memcg.res.limit, memcg.memsw.limit) // self.page)
+        chosen, best = None, 0
+        for t in self.tasks.values():
+            if t.memcg not in members:
+                continue
+            points = t.rss_total() // self.page * 1000 // total
+            points = min(max(points, 1), 1000)
+            if points > best:
+                chosen, best = t, points
+        return chosen
+
+    # ------------------------------------------------------------------ user pages
+    def charge_user(self, memcg: Memcg, kind: str, nbytes: int, task=None) -> Result:
+        """Page faults (anon) or page cache (file): pages charged one by one, with OOM."""
+        if memcg.removed:     # a command that slept on this cgroup's OOM until its rmdir
+            raise EngineError(errno.ENODEV, "cgroup was removed")
+        pages = -(-nbytes // self.page)
+        res = Result(pages)
+        if memcg.is_root or self._bulk_fits(memcg, pages):
+            self._account_user(memcg, kind, pages, task)
+            res.done = pages
+            return res
+        while res.done < pages:
+            self._waiting = None
+            r = self.try_charge(memcg, GFP_KERNEL, 1, True, task)
+            if r == OK:
+                self._account_user(memcg, kind, 1, task, charged=True)
+                res.done += 1
+                continue
+            res.status = {WAIT: "wait", OOM_DIE: "killed"}.get(r, "nomem")
+            res.wait_on = self._waiting if r == WAIT else None
+            break
+        return res
+
+    def _bulk_fits(self, memcg, pages) -> bool:
+        if self.config.charge_batch:
+            return False
+        size = pages * self.page
+        if memcg.res.charge(size) is not None:
+            return False
+        if self.config.swap_account and memcg.memsw.charge(size) is not None:
+            memcg.res.uncharge(size)
+            return False
+        return True
+
+    def _account_user(self, memcg, kind, pages, task, charged=True) -> None:
+        size = pages * self.page
+        memcg.pgpgin += pages
+        if kind == "anon":
+            memcg.rss_bytes += size
+            memcg.pgfault += pages
+            if task is not None:
+                task.rss[memcg] = task.rss.get(memcg, 0) + size
+        else:
+            memcg.cache_bytes += size
+
+    def uncharge_user(self, memcg: Memcg, kind: str, nbytes: int, task=None) -> int:
+        """Free anon pages of `task` (or of the memcg) or page cache. Returns pages freed."""
+        pages = -(-nbytes // self.page)
+        if kind == "anon":
+            owners = [task] if task is not None else [t for t in self.tasks.values()
+                                                      if memcg in t.rss]
+            freed = 0
+            for t in owners:
+                for m in list(t.rss):
+                    if task is None and m is not memcg:
+                        continue
+                    k = min(pages - freed, t.rss[m] // self.page)
+                    if k:
+                        self._uncharge_user(m, "anon", k, t)
+                        freed += k
+            untracked = min(pages - freed, (memcg.rss_bytes // self.page) if task is None else 0)
+            if untracked > 0:
+                self._uncharge_user(memcg, "anon", untracked)
+                freed += untracked
+            return freed
+        k = min(pages, memcg.cache_bytes // self.page)
+        if k:
+            self._uncharge_user(memcg, "file", k)
+        return k
+
+    def _uncharge_user(self, memcg, kind, pages, task=None) -> None:
+        size = pages * self.page
+        if kind == "anon":
+            memcg.rss_bytes -= size
+            if task is not None:
+                left = task.rss[memcg] - size
+                if left:
+                    task.rss[memcg] = left
+                else:
+                    del task.rss[memcg]
+        else:
+            memcg.cache_bytes -= size
+        memcg.pgpgout += pages
+        if not memcg.is_root:
+            self._uncharge(memcg.res, size, "res")
+            if self.config.swap_account:
+                self._uncharge(memcg.memsw, size, "memsw")
+        self._oom_recover()
