@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, ROOT)
 
 from mounting import Mount  # noqa: E402  (tests/mounting.py: start()/stop(), always unmounts)
+from kmemfs.ctlclient import exchange_fd  # noqa: E402
 
 
 def daemon_pid(mountpoint: str):
@@ -93,17 +94,7 @@ def ctl(mountpoint: str, text: str) -> str:
     result lines are attached as `.results`)."""
     fd = os.open(os.path.join(mountpoint, ".kmemfs", "ctl"), os.O_RDWR)
     try:
-        err = None
-        try:
-            os.write(fd, text.encode() if isinstance(text, str) else text)
-        except OSError as e:
-            err = e
-        out = b""
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            out += chunk
+        out, err = exchange_fd(fd, text.encode() if isinstance(text, str) else text)
     finally:
         os.close(fd)
     if err is not None:
