@@ -8,6 +8,7 @@ import ctypes
 import errno
 import logging
 import os
+import threading
 
 import pyfuse3
 import trio
@@ -20,6 +21,7 @@ TIMEOUT = 1.0          # entry/attr cache lifetime (seconds): short, names chang
 SYS_pidfd_getfd = 438
 PIDFD_THREAD = os.O_EXCL
 SIGNAL_POLL = 0.2     # seconds between looks at a waiting writer's pending signals
+RMDIR_NOTIFY_DELAY = 0.02
 
 
 def _fuse_errors(fn):
@@ -153,7 +155,15 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def rmdir(self, parent_inode, name, ctx):
-        self.fs.rmdir(parent_inode, _name(name))
+        regs = self.fs.rmdir(parent_inode, _name(name))
+        if regs:
+            trio.lowlevel.spawn_system_task(self._notify_removed, regs)
+
+    async def _notify_removed(self, regs):
+        # Runs after the reply; the short sleep lets the rmdir(2) caller's kernel side drop
+        # the dentries first, as 3.3 signals only after the directory is gone.
+        await trio.sleep(RMDIR_NOTIFY_DELAY)
+        self.fs.notify_removed(regs)
 
     @_fuse_errors
     async def rename(self, parent_old, name_old, parent_new, name_new, flags, ctx):
@@ -286,7 +296,13 @@ class EventFd:
 
 def import_eventfd(pid: int, fd: int) -> EventFd:
     """Duplicate the client's eventfd with pidfd_open + pidfd_getfd (opening
-    /proc/PID/fd/N of an eventfd fails with ENXIO)."""
+    /proc/PID/fd/N of an eventfd fails with ENXIO). The fd's kind is checked first: a
+    duplicate of a file in this very mount could only be closed by a FLUSH to this daemon,
+    which is busy answering this request."""
+    if _fd_kind(f"/proc/{pid}/fd/{fd}") is None:
+        raise EngineError(errno.EBADF, f"fd {fd} of pid {pid} is not open")
+    if _fd_kind(f"/proc/{pid}/fd/{fd}") != EVENTFD:
+        raise EngineError(errno.EINVAL, f"fd {fd} is not an eventfd")
     pidfd = _pidfd(pid)
     if pidfd is None:
         raise EngineError(errno.EBADF, f"cannot reach pid {pid}")
@@ -297,12 +313,17 @@ def import_eventfd(pid: int, fd: int) -> EventFd:
             raise EngineError(errno.EBADF if err == errno.EBADF else err, os.strerror(err))
     finally:
         os.close(pidfd)
-    try:
-        kind = os.readlink(f"/proc/self/fd/{new}")
-    except OSError:
-        kind = ""
-    if kind != "anon_inode:[eventfd]":
-        os.close(new)
+    if _fd_kind(f"/proc/self/fd/{new}") != EVENTFD:      # swapped under us meanwhile
+        threading.Thread(target=os.close, args=(new,), daemon=True).start()
         raise EngineError(errno.EINVAL, f"fd {fd} is not an eventfd")
     return EventFd(new)
 
+
+EVENTFD = "anon_inode:[eventfd]"
+
+
+def _fd_kind(link: str):
+    try:
+        return os.readlink(link)
+    except OSError:
+        return None

@@ -183,7 +183,10 @@ class CgroupFS:
             self.clone_children[child.id] = 1
         return self.getattr(self.dir_ino(child))
 
-    def rmdir(self, parent_ino: int, name: str) -> None:
+    def rmdir(self, parent_ino: int, name: str) -> list:
+        """Returns the event registrations the removal dropped: cgroup_rmdir signals them
+        only once the directory is gone, so the caller calls notify_removed() after it has
+        answered the rmdir (a listener that wakes must find the cgroup gone)."""
         memcg = self._dir(parent_ino)
         if memcg == "ctl" or (memcg.is_root and name == CTL_DIR and self.special):
             raise EngineError(errno.EBUSY if memcg != "ctl" else errno.ENOTDIR, name)
@@ -195,11 +198,14 @@ class CgroupFS:
         self.prune_tasks()
         self.engine.rmdir(child)
         del self.memcgs[child.id]
-        # cgroup_rmdir: every registered event is signalled and dropped.
-        for reg in self.events.pop(child.id, ()):
+        self.after_change()
+        return self.events.pop(child.id, [])
+
+    @staticmethod
+    def notify_removed(regs) -> None:
+        for reg in regs:
             reg.eventfd.signal()
             reg.eventfd.close()
-        self.after_change()
 
     def rename(self, old_parent: int, old: str, new_parent: int, new: str) -> None:
         """cgroup_rename: ENOTDIR for a file, EEXIST onto a name, EIO across parents."""
