@@ -36,6 +36,9 @@ import time
 
 import _bench as B
 
+sys.path.insert(0, os.path.join(B.ROOT, "tests"))
+from mounting import is_stale  # noqa: E402  (tests/mounting.py)
+
 perf = time.perf_counter
 KERNEL_MEMCG = "/sys/fs/cgroup/memory"
 BENCH_PREFIX = "kmemfs_bench_"
@@ -144,7 +147,7 @@ class Daemon:
         return self
 
     def stop(self):
-        if os.path.ismount(self.mp) or _stale(self.mp):
+        if os.path.ismount(self.mp) or is_stale(self.mp):
             if subprocess.run(["fusermount3", "-u", self.mp], capture_output=True).returncode:
                 subprocess.run(["fusermount3", "-uz", self.mp], capture_output=True)
         if self.proc is not None and self.proc.poll() is None:
@@ -156,14 +159,6 @@ class Daemon:
 
     def p(self, *parts):
         return os.path.join(self.mp, *parts)
-
-
-def _stale(path) -> bool:
-    try:
-        os.stat(path)
-        return False
-    except OSError:
-        return True
 
 
 def kmemfs_daemon(tmp, name, profile_out=None):

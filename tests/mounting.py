@@ -49,7 +49,7 @@ class Mount:
 
     def stop(self):
         """fusermount3 -u, then -uz, then make sure the daemon is gone."""
-        if os.path.ismount(self.path) or _stale(self.path):
+        if os.path.ismount(self.path) or is_stale(self.path):
             if subprocess.run(["fusermount3", "-u", self.path], capture_output=True).returncode:
                 subprocess.run(["fusermount3", "-uz", self.path], capture_output=True)
         if self.proc is not None:
@@ -60,7 +60,8 @@ class Mount:
                 self.proc.wait()
 
 
-def _stale(path) -> bool:
+def is_stale(path) -> bool:
+    """The mount point answers stat with an error: a dead daemon's mount."""
     try:
         os.stat(path)
         return False

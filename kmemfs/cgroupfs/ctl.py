@@ -128,7 +128,7 @@ class Executor:
             if task is None and not self.fs.host.exists(pid):
                 raise EngineError(errno.ESRCH, f"no task {pid}")
         if "cg" in cmd.opts:
-            memcg = self.fs._by_path(cmd.opts["cg"])
+            memcg = self.fs.by_path(cmd.opts["cg"])
             if memcg is None or not cmd.opts["cg"].startswith("/"):
                 raise EngineError(errno.ENOENT, f"no cgroup {cmd.opts['cg']!r}")
             return Actor(memcg, task)

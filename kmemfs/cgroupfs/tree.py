@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..engine import Engine, EngineError
+from ..engine import Engine, EngineError, render
 from . import parse
 from .files import BY_NAME, FILES, INDEX, CFType
 from .host import Host
@@ -360,7 +360,6 @@ class CgroupFS:
             raise
 
     def _usage(self, memcg, kind: str) -> int:
-        from ..engine import render
         return render.usage(self.engine, memcg, memsw=(kind == "memsw"))
 
     def after_change(self) -> None:
@@ -383,14 +382,14 @@ class CgroupFS:
                 reg.last = now
         for _, kind, f in self.engine.events_since(self.seen_event):
             if kind in ("under_oom", "oom_kill"):
-                top = self._by_path(f["cgroup"])
+                top = self.by_path(f["cgroup"])
                 for m in (top.tree() if top is not None else ()):
                     for reg in self.events.get(m.id, ()):
                         if reg.kind == "oom":
                             reg.eventfd.signal()
         self.seen_event = self.engine.event_seq
 
-    def _by_path(self, path: str):
+    def by_path(self, path: str):
         m = self.engine.root
         for part in filter(None, path.split("/")):
             m = m.children.get(part)
