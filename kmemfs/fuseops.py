@@ -21,7 +21,6 @@ TIMEOUT = 1.0          # entry/attr cache lifetime (seconds): short, names chang
 SYS_pidfd_getfd = 438
 PIDFD_THREAD = os.O_EXCL
 SIGNAL_POLL = 0.2     # seconds between looks at a waiting writer's pending signals
-RMDIR_NOTIFY_DELAY = 0.02
 
 
 def _fuse_errors(fn):
@@ -157,12 +156,16 @@ class Operations(pyfuse3.Operations):
     async def rmdir(self, parent_inode, name, ctx):
         regs = self.fs.rmdir(parent_inode, _name(name))
         if regs:
-            trio.lowlevel.spawn_system_task(self._notify_removed, regs)
+            trio.lowlevel.spawn_system_task(self._notify_removed, parent_inode, name, regs)
 
-    async def _notify_removed(self, regs):
-        # Runs after the reply; the short sleep lets the rmdir(2) caller's kernel side drop
-        # the dentries first, as 3.3 signals only after the directory is gone.
-        await trio.sleep(RMDIR_NOTIFY_DELAY)
+    async def _notify_removed(self, parent_inode, name, regs):
+        # 3.3 signals only once the directory is gone. An entry invalidation takes the
+        # parent's lock, which the rmdir(2) caller holds until it has dropped the dentry:
+        # when it returns (in a thread: it blocks), a woken listener finds the cgroup gone.
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent_inode, name)
+        except OSError:
+            pass
         self.fs.notify_removed(regs)
 
     @_fuse_errors
