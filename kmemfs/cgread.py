@@ -8,7 +8,6 @@ means "gone", never an error.
 import errno
 import os
 
-UNLIMITED = 9223372036854775807      # RESOURCE_MAX, what an unlimited res_counter reads
 GONE = (errno.ENOENT, errno.ENODEV, errno.ESTALE)
 
 

@@ -214,7 +214,3 @@ async def _on_signal(nursery):
             log.info("signal %s: unmounting", signal.Signals(sig).name)
             pyfuse3.terminate()
             return
-
-
-def catalogue_error(e: EngineError) -> MountError:
-    return MountError(f"catalogue: {e.message}")

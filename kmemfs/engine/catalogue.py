@@ -5,7 +5,6 @@ from importlib import resources
 
 from .errors import EngineError
 
-HEADER = "slabinfo - version: 2.1"
 DEFAULT = "3.4.0-rc6.slabinfo"  # the 3.x-era SLAB dump, closest to the series' base
 
 

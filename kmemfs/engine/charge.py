@@ -237,7 +237,7 @@ class ChargePath:
             self._waiting = None
             r = self.try_charge(memcg, GFP_KERNEL, 1, True, task)
             if r == OK:
-                self._account_user(memcg, kind, 1, task, charged=True)
+                self._account_user(memcg, kind, 1, task)
                 res.done += 1
                 continue
             res.status = {WAIT: "wait", OOM_DIE: "killed"}.get(r, "nomem")
@@ -256,7 +256,7 @@ class ChargePath:
             return False
         return True
 
-    def _account_user(self, memcg, kind, pages, task, charged=True) -> None:
+    def _account_user(self, memcg, kind, pages, task) -> None:
         size = pages * self.page
         memcg.pgpgin += pages
         if kind == "anon":

@@ -13,7 +13,3 @@ class EngineError(Exception):
 
     def __str__(self) -> str:
         return f"{_errno.errorcode.get(self.errno, self.errno)}: {self.message}"
-
-
-def fail(err: int, message: str = "") -> EngineError:
-    return EngineError(err, message)

@@ -1,5 +1,5 @@
 """What an allocation or charge request reports, and the charge path's outcomes."""
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Charge-path outcomes (3.3 CHARGE_* plus the series' bypass).
 OK, RETRY, WOULDBLOCK, NOMEM, OOM_DIE, WAIT, NOVICTIM = range(7)
@@ -13,7 +13,6 @@ class Result:
     status: str = "ok"            # ok | nomem | wait | killed
     cache: object = None          # the KmemCache objects were taken from
     wait_on: object = None        # status == "wait": the Memcg under OOM
-    notes: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

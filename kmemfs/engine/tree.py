@@ -41,7 +41,7 @@ class TreeOps:
         self._check_empty(memcg)
         self.drain_stock()
         self.memcg_kmem_move(memcg)
-        self._move_user_pages(memcg, reclaim_first=False)
+        self._move_user_pages(memcg)
         if memcg.res.usage:
             # Left-over res (independent toggled with charges out, spec 1.4): the kernel's
             # loop spins until a signal; we answer as the interrupted loop would.
@@ -97,7 +97,7 @@ class TreeOps:
             self.root.kmem.charge_nofail(amount)
             self.root.res.charge_nofail(amount)
 
-    def _move_user_pages(self, memcg: Memcg, reclaim_first: bool) -> None:
+    def _move_user_pages(self, memcg: Memcg) -> None:
         """mem_cgroup_move_parent for every LRU page; the parent may reclaim but not OOM."""
         parent = memcg.parent
         for _ in range(2):
@@ -143,7 +143,7 @@ class TreeOps:
         while memcg.cache_bytes:
             if not self.reclaim(memcg, memcg.cache_bytes // self.page):
                 break
-        self._move_user_pages(memcg, reclaim_first=True)
+        self._move_user_pages(memcg)
         left = memcg.res.usage - (memcg.kmem.usage if not memcg.independent_kmem_limit else 0)
         if left:
             # The loop's exit test would never hold (or wraps, spec 4.2 edge): it spins
