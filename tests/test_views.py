@@ -14,6 +14,7 @@ import time
 import pytest
 
 from kmemfs import cgread
+from kmemfs.engine import RESOURCE_MAX
 from mounting import ROOT, sh
 
 pytestmark = pytest.mark.e2e
@@ -150,7 +151,7 @@ def test_record_then_plot(mnt, tmp_path):
     kmem = [s["cgroups"]["/w"]["kmem_usage"] for s in samples]
     assert kmem[0] == 0 and kmem[-1] > 0 and len(set(kmem)) >= 4    # it moved over time
     w = samples[-1]["cgroups"]["/w"]
-    assert w["limit"] == 1 << 20 and w["kmem_limit"] == cgread.UNLIMITED
+    assert w["limit"] == 1 << 20 and w["kmem_limit"] == RESOURCE_MAX
     assert w["independent"] == 0 and w["usage"] == w["kmem_usage"] <= 1 << 20
     assert w["failcnt"] > 0 and w["tasks"] == 0 and w["memsw_usage"] is not None
     kinds = {o["kind"] for o in objs if o["type"] == "event"}
@@ -198,7 +199,7 @@ def test_cgroupspy_walks_and_writes(mount_factory, tmp_path):
     assert paths == [b"/", b"/memory", b"/memory/web", b"/memory/web/api"]   # no .kmemfs
     api = t.get_node_by_path("/memory/web/api/").controller
     assert api.usage_in_bytes == 20480
-    assert api.stat["cache"] == 0 and api.stat["hierarchical_memory_limit"] == cgread.UNLIMITED
+    assert api.stat["cache"] == 0 and api.stat["hierarchical_memory_limit"] == RESOURCE_MAX
     assert api.oom_control == {"oom_kill_disable": 0, "under_oom": 0}
     assert int(api.get_property(b"memory.kmem.usage_in_bytes")) == 20480
 
@@ -206,7 +207,7 @@ def test_cgroupspy_walks_and_writes(mount_factory, tmp_path):
     web.limit_in_bytes = 3 * 1024 * 1024 + 1              # PAGE_ALIGNed up by the kernel
     assert web.limit_in_bytes == 3 * 1024 * 1024 + 4096
     web.limit_in_bytes = None                             # cgroupspy writes -1: RESOURCE_MAX
-    assert web.get_content("limit_in_bytes") == cgread.UNLIMITED
+    assert web.get_content("limit_in_bytes") == RESOURCE_MAX
     web.set_property(b"memory.kmem.independent_kmem_limit", 1)
     web.set_property(b"memory.kmem.limit_in_bytes", "2M")
     assert int(web.get_property(b"memory.kmem.limit_in_bytes")) == 2 << 20
