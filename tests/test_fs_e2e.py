@@ -371,6 +371,19 @@ def test_root_limits(mount_factory):
     assert r.returncode == 1 and "Invalid argument" in r.stderr
 
 
+def test_tcp_limit_root_einval_and_clamped(mount_factory):
+    """Spec 8.1 / open question 12 (docs/semantics.md §12): 3.3's tcp_update_limit refuses
+    the root memcg (no cg_proto: EINVAL) and clamps a child's value to RESOURCE_MAX."""
+    m = mount_factory()
+    assert write(m.p("memory.kmem.tcp.limit_in_bytes"), b"1G") == EINVAL
+    os.mkdir(m.p("t"))
+    limit = m.p("t", "memory.kmem.tcp.limit_in_bytes")
+    assert write(limit, b"1") == 0 and read(limit) == "4096\n"
+    assert write(limit, str(RESOURCE_MAX).encode()) == 0     # PAGE_ALIGN rounds above it
+    assert read(limit) == f"{RESOURCE_MAX}\n"
+    assert read(m.p("t", "memory.kmem.tcp.usage_in_bytes")) == "0\n"
+
+
 def test_memsw_limit_must_stay_above_memory_limit(shared):
     """Spec 8.2: memsw limit < memory.limit EINVAL; memory.limit > memsw limit EINVAL."""
     cg = fresh(shared)

@@ -74,6 +74,7 @@ class CgroupFS:
         # The control plane's files: name -> object with mode, read(fs, h), write(fs, h, data, req)
         self.special = dict(special_files or {})
         self.special_ino = {name: CTL_DIR_INO + 1 + i for i, name in enumerate(self.special)}
+        self.special_name = {i: name for name, i in self.special_ino.items()}
 
     # ------------------------------------------------------------------ inode mapping
     @staticmethod
@@ -89,9 +90,8 @@ class CgroupFS:
             return self.engine.root, None
         if ino == CTL_DIR_INO:
             return "ctl", None
-        for name, i in self.special_ino.items():
-            if i == ino:
-                return "ctl", name
+        if ino in self.special_name:
+            return "ctl", self.special_name[ino]
         memcg = self.memcgs.get(ino >> 6)
         idx = ino & 63
         if memcg is None or (idx == 0 and memcg.is_root):

@@ -173,10 +173,10 @@ class CacheOps:
             orig = self.originals[name]
             cands = [(c, memcg.pool) for c in (memcg.slabs.get(orig.id), orig) if c is not None]
         else:
-            cands = [(c, o) for c in self.caches_newest_first() if c.name == name
-                     for o in list(c.holders) if o is not self.boot]
-            if not any(c.name == name for c in self.caches):
+            named = [c for c in self.caches_newest_first() if c.name == name]
+            if not named:
                 raise EngineError(errno.EINVAL, f"no cache named {name!r}")
+            cands = [(c, o) for c in named for o in list(c.holders) if o is not self.boot]
         done = 0
         while done < count:
             live = [(o.newest(c), c, o) for c, o in cands if o.runs.get(c)]
