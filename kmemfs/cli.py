@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from . import daemon
+from .fuse import daemon
 
 log = logging.getLogger("kmemfs")
 
@@ -114,7 +114,7 @@ def cmd_umount(args) -> int:
 
 
 def cmd_ctl(args) -> int:
-    from .ctlclient import run_ctl
+    from .tools.ctlclient import run_ctl
     return run_ctl(args.mountpoint, " ".join(args.command))
 
 
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     c.add_argument("command", nargs=argparse.REMAINDER)
     c.set_defaults(fn=cmd_ctl)
 
-    from . import record, top       # the "see it" commands: top, record, plot
+    from .tools import record, top       # the "see it" commands: top, record, plot
     top.add_parsers(sub)
     record.add_parsers(sub)
 

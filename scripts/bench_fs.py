@@ -387,14 +387,14 @@ def run_profile(tmp, workloads, tree_n, quick):
     st = pstats.Stats(out)
     total = sum(v[2] for v in st.stats.values())
     handlers = [(k, v) for k, v in st.stats.items()
-                if k[0].endswith("fuseops.py") and k[2] == "wrapper"]
+                if k[0].endswith("fuse/ops.py") and k[2] == "wrapper"]
     calls = sum(v[1] for _, v in handlers)
     own = sum(v[3] for _, v in handlers)
-    summary = (f"kmemfs request handlers (fuseops._fuse_errors wrapper): {calls:,} calls, "
+    summary = (f"kmemfs request handlers (fuse.ops._fuse_errors wrapper): {calls:,} calls, "
                f"{own:.3f} s cumulative = {own / total:.0%} of the daemon's {total:.3f} s "
                "profiled time (the rest: pyfuse3 + trio per request, plus start-up)")
     ours = B.stats_text(st, top=15, sort="cumulative",
-                        restrict=r"fuseops|cgroupfs|engine")
+                        restrict=r"fuse/ops|cgroupfs|engine")
     return (f"{summary}\n\n-- top by own time, whole daemon --\n{B.stats_text(st, top=15)}"
             f"\n\n-- kmemfs code only, by cumulative time --\n{ours}")
 

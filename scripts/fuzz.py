@@ -321,7 +321,7 @@ class InProcBackend:
             return fn(*args)
         except EngineError as e:
             raise OSError(e.errno, e.message) from None
-        except Exception as e:          # what fuseops turns into EIO + a log line
+        except Exception as e:          # what fuse.ops turns into EIO + a log line
             self.crashes.append(traceback.format_exc())
             raise OSError(E.EIO, f"crash: {type(e).__name__}: {e}") from None
 
@@ -1073,7 +1073,7 @@ def fuzz_mount(mountpoint, ops=None, seconds=None, seed=0, check_every=50, quiet
 def fuzz_inprocess(ops=None, seconds=None, seed=0, check_every=50, options=OWN_MOUNT_OPTIONS,
                    quiet=True):
     """The same fuzzer against CgroupFS built as the daemon builds it, no FUSE."""
-    from kmemfs.daemon import build, parse_options
+    from kmemfs.fuse.daemon import build, parse_options
     from kmemfs.engine import check
     config, _ = parse_options(",".join(options))
     fs = build(config)

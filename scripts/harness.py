@@ -15,12 +15,12 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, ROOT)
 
 from mounting import Mount  # noqa: E402  (tests/mounting.py: start()/stop(), always unmounts)
-from kmemfs.ctlclient import exchange_fd  # noqa: E402
+from kmemfs.tools.ctlclient import exchange_fd  # noqa: E402
 
 
 def daemon_pid(mountpoint: str):
     """The pid of the daemon serving `mountpoint`, or None."""
-    from kmemfs.daemon import daemon_pids
+    from kmemfs.fuse.daemon import daemon_pids
     pids = daemon_pids(os.path.abspath(mountpoint))
     return pids[0] if pids else None
 
@@ -108,7 +108,7 @@ def errname(err) -> str:
 
 
 class Progress:
-    """kmemfs.progress (a rich bar on a terminal, plain lines otherwise) when it exists, else
+    """kmemfs.tools.progress (a rich bar on a terminal, plain lines otherwise) when it exists, else
     plain lines. Counts operations when `total` is known, else seconds of `seconds`."""
 
     def __init__(self, label: str, total=None, seconds=None, quiet: bool = False):
@@ -123,7 +123,7 @@ class Progress:
         if self.quiet:
             return self
         try:
-            from kmemfs.progress import progress
+            from kmemfs.tools.progress import progress
             self.cm = progress(self.total, self.label)
             self.bar = self.cm.__enter__()
         except ImportError:

@@ -404,7 +404,7 @@ class Interleavings:
 
     def __init__(self, seed=0, steps=2000):
         from kmemfs.cgroupfs.tree import Request
-        from kmemfs.daemon import build
+        from kmemfs.fuse.daemon import build
         from kmemfs.engine import Config
         self.rng, self.steps = random.Random(seed), steps
         self.fs = build(Config())

@@ -280,7 +280,7 @@ def test_u64_zero_byte_write(shared):
     """Spec 8.2: a u64 write of 0 bytes gives EINVAL (cgroup_write_X64 `if (!nbytes)`).
     FUSE never forwards a zero-byte write(2) (the kernel returns 0 itself), so through the
     mount it is a no-op; the rule itself holds in the cgroupfs layer."""
-    from kmemfs.daemon import build
+    from kmemfs.fuse.daemon import build
     from kmemfs.engine import Config, EngineError
     fs = build(Config(boot_slabs=False))
     cg = fresh(shared)
@@ -999,7 +999,7 @@ def test_kill_9_leaves_stale_mount_that_cli_mount_recovers(mount_factory):
 def test_stale_mount_is_recognised_right_after_kill_9(mount_factory):
     """Right after kill -9 (root attributes still cached by FUSE), the mount check must
     still recognise the stale mount and clean it instead of refusing a busy mount point."""
-    from kmemfs import daemon
+    from kmemfs.fuse import daemon
     m = mount_factory()
     os.stat(m.path)                       # the root's attributes are now cached for 1 s
     t0 = time.monotonic()

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import fuzz  # noqa: E402  (scripts/fuzz.py)
 
 from kmemfs.cgroupfs.tree import Request  # noqa: E402
-from kmemfs.daemon import build  # noqa: E402
+from kmemfs.fuse.daemon import build  # noqa: E402
 from kmemfs.engine import Config, EngineError, check  # noqa: E402
 
 

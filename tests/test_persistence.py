@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from kmemfs import state
+from kmemfs.fuse import state
 from kmemfs.cgroupfs.control import control_files
 from kmemfs.engine import check
 from mounting import ROOT, Mount, sh
@@ -126,7 +126,7 @@ def test_sigterm_saves_and_unmounts(tmp_path, mounts):
 ])
 def test_corrupt_state_is_refused(tmp_path, damage, reason):
     st = tmp_path / "model.state"
-    from kmemfs.daemon import build
+    from kmemfs.fuse.daemon import build
     from kmemfs.engine import Config
     state.save(build(Config()), str(st))
     st.write_bytes(damage(st.read_bytes()))
@@ -158,7 +158,7 @@ def test_state_cannot_run_code(tmp_path):
 
 def test_other_options_than_saved_are_refused(tmp_path):
     st = tmp_path / "model.state"
-    from kmemfs.daemon import build
+    from kmemfs.fuse.daemon import build
     from kmemfs.engine import Config
     state.save(build(Config()), str(st))
     mp = tmp_path / "mnt"

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from kmemfs.cgroupfs.tree import Request
-from kmemfs.daemon import build
+from kmemfs.fuse.daemon import build
 from kmemfs.engine import Config, EngineError, check
 
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from kmemfs import cgread
+from kmemfs.tools import cgread
 from kmemfs.engine import RESOURCE_MAX
 from mounting import ROOT, sh
 
@@ -68,7 +68,7 @@ def test_top_once_shows_rows_and_numbers(mnt):
 
 
 def test_top_survives_cgroups_disappearing(mnt):
-    from kmemfs.top import View
+    from kmemfs.tools.top import View
     populate(mnt)
     v = View(mnt.path, select="/a/c")
     v.refresh()
@@ -276,7 +276,7 @@ def test_memcg_slabinfo_format(mnt):
 # --- progress and manuals --------------------------------------------------------------------
 def test_progress_plain_and_terminal():
     import io
-    from kmemfs.progress import progress
+    from kmemfs.tools.progress import progress
     buf = io.StringIO()
     with progress(1000, "fuzz", stream=buf) as p:
         for _ in range(1000):

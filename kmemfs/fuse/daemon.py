@@ -9,8 +9,8 @@ from dataclasses import replace
 import pyfuse3
 import trio
 
-from .cgroupfs.tree import CgroupFS
-from .engine import Config, Engine, EngineError, load_catalogue
+from ..cgroupfs.tree import CgroupFS
+from ..engine import Config, Engine, EngineError, load_catalogue
 
 log = logging.getLogger("kmemfs")
 
@@ -130,7 +130,7 @@ def wait_gone(pids, timeout: float) -> bool:
 
 
 def build(config: Config, slabinfo=None):
-    from .cgroupfs.control import control_files
+    from ..cgroupfs.control import control_files
     engine = Engine(config, load_catalogue(slabinfo),
                     source=os.path.abspath(slabinfo) if slabinfo else "built-in 3.4.0-rc6")
     return CgroupFS(engine, special_files=control_files())
@@ -139,7 +139,7 @@ def build(config: Config, slabinfo=None):
 def build_or_restore(config, explicit_options: bool, slabinfo, state_path):
     """A fresh model, or the one saved in `state_path` (which then decides the config)."""
     from . import state
-    from .cgroupfs.control import control_files
+    from ..cgroupfs.control import control_files
     if not state_path or not os.path.exists(state_path):
         try:
             return build(config, slabinfo)
@@ -163,7 +163,7 @@ def build_or_restore(config, explicit_options: bool, slabinfo, state_path):
 def serve(mountpoint: str, fs: CgroupFS, fuse_opts=(), ready=None, state_path=None,
           save_interval: float = 0) -> None:
     """Mount and serve until unmounted or SIGTERM/SIGINT; always unmounts (and saves)."""
-    from .fuseops import Operations
+    from .ops import Operations
     ops = Operations(fs, mountpoint)
     opts = set(pyfuse3.default_options) | {"fsname=kmemfs", "subtype=kmemfs"} | set(fuse_opts)
     pyfuse3.init(ops, mountpoint, opts)

@@ -13,8 +13,8 @@ import threading
 import pyfuse3
 import trio
 
-from .cgroupfs.tree import CgroupFS, Request
-from .engine import EngineError
+from ..cgroupfs.tree import CgroupFS, Request
+from ..engine import EngineError
 
 log = logging.getLogger("kmemfs")
 TIMEOUT = 1.0          # entry/attr cache lifetime (seconds): short, names change often

@@ -76,7 +76,7 @@ def loads(data: bytes, source: str = "state file") -> dict:
         raise StateError(f"{source}: {e}") from None
     except Exception as e:
         raise StateError(f"{source}: cannot decode the model ({type(e).__name__}: {e})") from None
-    from .engine import Engine
+    from ..engine import Engine
     if not isinstance(state, dict) or not isinstance(state.get("engine"), Engine):
         raise StateError(f"{source}: holds no kmemfs model")
     return state
@@ -93,7 +93,7 @@ def load(path: str) -> dict:
 
 def restore(state: dict, special_files):
     """A CgroupFS over the restored engine. Writers that slept on an OOM are gone."""
-    from .cgroupfs.tree import CgroupFS
+    from ..cgroupfs.tree import CgroupFS
     engine = state["engine"]
     for m in engine.root.walk():
         m.under_oom = 0
