@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from .fuse import daemon
+from .fuse import daemon, safepath
 
 log = logging.getLogger("kmemfs")
 
@@ -19,6 +19,7 @@ options (-o, comma separated):
   acct_root           CONFIG_CGROUP_MEM_RES_CTLR_KMEM_ACCT_ROOT: root's kmem is accounted
   noswapaccount       swapaccount=0: no memory.memsw.* files, no memsw charges
   allow_other         let other users in; modes are then enforced (default_permissions)
+  nonempty            mount over a directory that is not empty (refused otherwise)
   charge_batch=N      per-CPU charge stock of N pages (3.3 uses 32); 0 (default) = exact
   nr_cpus=N           CPUs the SLAB model assumes (free_limit); default 1
   noboot_slabs        start the original caches empty instead of as the catalogue recorded
@@ -31,15 +32,15 @@ options (-o, comma separated):
 
 
 def cmd_mount(args) -> int:
-    mp = os.path.abspath(args.mountpoint)
     try:
         config, fuse_opts = daemon.parse_options(",".join(args.o or []))
-        daemon.check_mountpoint(mp)
+        mp = daemon.check_mountpoint(os.path.abspath(args.mountpoint), "nonempty" in fuse_opts)
         if args.foreground:
-            fs = daemon.build_or_restore(config, bool(args.o), args.slabinfo, args.state)
-            daemon.serve(mp, fs, fuse_opts, _ready_notifier(args.ready_fd), args.state,
-                         args.save_interval)
-            return 0
+            state_file = daemon.open_state(args.state)
+            fs = daemon.build_or_restore(config, bool(args.o), args.slabinfo, state_file)
+            saved = daemon.serve(mp, fs, fuse_opts, _ready_notifier(args.ready_fd), state_file,
+                                 args.save_interval)
+            return 0 if saved else 1
         return _background(args, mp)
     except daemon.MountError as e:
         if args.ready_fd is not None:
@@ -92,25 +93,58 @@ def _background(args, mp) -> int:
 
 
 def cmd_umount(args) -> int:
-    mp = os.path.abspath(args.mountpoint)
-    if not os.path.ismount(mp):
-        try:
-            os.stat(mp)
-        except OSError:
-            pass            # stale: fall through to fusermount3 -uz
-        else:
-            print(f"kmemfs: {mp} is not mounted", file=sys.stderr)
-            return 1
-    pids = daemon.daemon_pids(mp)
+    """Only a kmemfs mount is touched (issue 9 item 3); a lazy detach is always announced."""
+    mp = os.path.realpath(os.path.abspath(args.mountpoint))
     try:
-        daemon.unmount(mp)
+        daemon.require_kmemfs(mp)
+    except daemon.MountError as e:
+        print(f"kmemfs: {e}", file=sys.stderr)
+        return 1
+    pids = daemon.daemon_pids(mp)
+    saved_before = {p: _state_identity(p) for p in pids}
+    try:
+        if daemon._stale(mp):
+            print(f"kmemfs: {mp}: stale mount (its daemon is gone): detaching it lazily",
+                  file=sys.stderr)
+            daemon.unmount(mp, lazy=True)
+        else:
+            try:
+                daemon.unmount(mp)
+            except daemon.MountError as e:
+                if not args.lazy:
+                    print(f"kmemfs: {e}; `kmemfs umount --lazy {mp}` detaches it anyway "
+                          "(what is open there then fails)", file=sys.stderr)
+                    return 1
+                print(f"kmemfs: {e}: detaching it lazily (--lazy)", file=sys.stderr)
+                daemon.unmount(mp, lazy=True)
     except daemon.MountError as e:
         print(f"kmemfs: {e}", file=sys.stderr)
         return 1
     if not daemon.wait_gone(pids, timeout=30):   # it saves its state on the way out
         print(f"kmemfs: the daemon of {mp} is still running", file=sys.stderr)
         return 1
-    return 0
+    failed = [path for path, before in saved_before.values()
+              if path and before == _identity(path)]
+    for path in failed:
+        print(f"kmemfs: the daemon could not save the model to {path} (see its log and "
+              ".kmemfs/events); the file keeps the last good save", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _state_identity(pid):
+    """(the --state FILE of daemon `pid`, which file it is now): a save replaces the file
+    by a new one (rename), so an unchanged identity after the daemon exits means the final
+    save failed."""
+    path = daemon.state_path_of(pid)
+    return path, _identity(path) if path else None
+
+
+def _identity(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def cmd_ctl(args) -> int:
@@ -148,9 +182,14 @@ def main(argv=None) -> int:
     m.set_defaults(fn=cmd_mount)
 
     u = sub.add_parser("umount", help="unmount a kmemfs hierarchy",
-                       description="Unmount MOUNTPOINT (fusermount3 -u; a stale mount is "
-                                   "detached lazily). The daemon then exits.")
+                       description="Unmount the kmemfs at MOUNTPOINT (fusermount3 -u) and wait "
+                                   "for its daemon to exit (it saves --state first). Anything "
+                                   "else mounted there is left alone (exit 1). A stale kmemfs "
+                                   "mount is detached lazily, and says so. Exit 1 also when the "
+                                   "daemon could not save its state.")
     u.add_argument("mountpoint")
+    u.add_argument("--lazy", "-l", action="store_true",
+                   help="when the mount is busy, detach it lazily (umount -l) instead of failing")
     u.set_defaults(fn=cmd_umount)
 
     c = sub.add_parser("ctl", help="run one control command",
@@ -171,8 +210,15 @@ def main(argv=None) -> int:
 
     args = p.parse_args(argv)
     verbose = args.verbose or getattr(args, "verbose", False)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        filename=args.log, format="%(asctime)s kmemfs[%(process)d] %(levelname)s %(message)s")
+    stream = None
+    if args.log:
+        try:    # never through a user's symlink or directory (kmemfs/fuse/safepath.py)
+            stream = safepath.open_log(args.log)
+        except safepath.UnsafePath as e:
+            print(f"kmemfs: refusing the log file: {e}", file=sys.stderr)
+            return 1
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=stream,
+                        format="%(asctime)s kmemfs[%(process)d] %(levelname)s %(message)s")
     return args.fn(args)
 
 

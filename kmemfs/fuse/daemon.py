@@ -3,14 +3,17 @@ import errno
 import logging
 import os
 import signal
+import stat
 import subprocess
 from dataclasses import replace
+from typing import NamedTuple
 
 import pyfuse3
 import trio
 
 from ..cgroupfs.tree import CgroupFS
 from ..engine import Config, Engine, EngineError, load_catalogue
+from .safepath import UnsafePath, resolve
 
 log = logging.getLogger("kmemfs")
 
@@ -22,7 +25,7 @@ class MountError(Exception):
 BOOL_OPTIONS = {"acct_root": "acct_root", "boot_slabs": "boot_slabs"}
 INT_OPTIONS = {"charge_batch", "nr_cpus", "page_size", "max_memcgs", "vm_swappiness",
                "event_log_size", "max_tasks", "max_objects"}
-FUSE_OPTIONS = {"allow_other"}
+FUSE_OPTIONS = {"allow_other", "nonempty"}   # nonempty is kmemfs's own: see check_mountpoint
 
 
 def parse_options(text: str):
@@ -61,22 +64,77 @@ def _bool(val: str) -> bool:
     return val == "1"
 
 
-def check_mountpoint(mountpoint: str) -> None:
-    """Clear one-line errors; a stale mount left by a killed daemon is cleaned first."""
+KMEMFS_FSTYPE = "fuse.kmemfs"       # fuse + subtype=kmemfs, as serve() mounts it
+
+
+class MountEntry(NamedTuple):
+    fstype: str
+    source: str
+
+
+def mount_at(path: str):
+    """The topmost mount whose mount point is `path` (a resolved path), from
+    /proc/self/mountinfo, or None. The file system type and source follow the " - "."""
+    found = None
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            left, sep, right = line.rstrip(b"\n").partition(b" - ")
+            fields, tail = left.split(b" "), right.split(b" ")
+            if sep and len(fields) >= 5 and len(tail) >= 2 and _unescape(fields[4]) == path:
+                found = MountEntry(_unescape(tail[0]), _unescape(tail[1]))
+    return found
+
+
+def _unescape(field: bytes) -> str:
+    """mountinfo writes space, tab, newline and backslash as \\ooo (fs/proc_namespace.c)."""
+    out, i = bytearray(), 0
+    while i < len(field):
+        if field[i:i + 1] == b"\\" and field[i + 1:i + 4].isdigit():
+            out.append(int(field[i + 1:i + 4], 8))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return os.fsdecode(bytes(out))
+
+
+def require_kmemfs(mountpoint: str) -> None:
+    """Refuse to touch a mount point unless a kmemfs is mounted there (issue 9 item 3)."""
+    m = mount_at(mountpoint)
+    if m is None:
+        raise MountError(f"{mountpoint} is not a mount point")
+    if m.fstype != KMEMFS_FSTYPE:
+        raise MountError(f"{mountpoint} is a {m.fstype} mount (source {m.source}), not "
+                         "kmemfs: left alone")
+
+
+def check_mountpoint(mountpoint: str, nonempty: bool = False) -> str:
+    """The resolved mount point, checked once; clear one-line errors. A symlink on the way
+    is followed only if root owns it (then the mount goes on the resolved path); a stale
+    kmemfs mount left by a killed daemon is cleaned first; a non-empty directory needs
+    `-o nonempty`."""
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse is missing: load the fuse module or run on a host with FUSE")
+    try:
+        mountpoint = resolve(mountpoint, last_may_fail=True)
+    except UnsafePath as e:
+        raise MountError(str(e)) from None
     if _stale(mountpoint):
-        log.warning("%s: stale mount (Transport endpoint is not connected): cleaning it",
-                    mountpoint)
+        require_kmemfs(mountpoint)
+        log.warning("%s: stale kmemfs mount (Transport endpoint is not connected): "
+                    "detaching it (lazily)", mountpoint)
         unmount(mountpoint, lazy=True)
     try:
-        os.stat(mountpoint)
+        st = os.lstat(mountpoint)
     except OSError as e:
         raise MountError(f"{mountpoint}: {e.strerror}") from None
-    if not os.path.isdir(mountpoint):
+    if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"{mountpoint}: not a directory")
     if os.path.ismount(mountpoint):
         raise MountError(f"{mountpoint}: already a mount point (busy)")
+    if not nonempty and os.listdir(mountpoint):
+        raise MountError(f"{mountpoint}: directory not empty (-o nonempty mounts over it)")
+    return mountpoint
 
 
 def _stale(mountpoint: str) -> bool:
@@ -94,12 +152,12 @@ def _stale(mountpoint: str) -> bool:
 
 
 def unmount(mountpoint: str, lazy: bool = False) -> None:
-    args = ["fusermount3", "-uz" if lazy else "-u", mountpoint]
-    r = subprocess.run(args, capture_output=True, text=True)
-    if r.returncode and not lazy:
-        r2 = subprocess.run(["fusermount3", "-uz", mountpoint], capture_output=True, text=True)
-        if r2.returncode:
-            raise MountError(r.stderr.strip() or f"fusermount3 failed on {mountpoint}")
+    """fusermount3 -u (or -uz) on a kmemfs mount, after checking it is one."""
+    require_kmemfs(mountpoint)
+    r = subprocess.run(["fusermount3", "-uz" if lazy else "-u", mountpoint],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise MountError(r.stderr.strip() or f"fusermount3 failed on {mountpoint}")
 
 
 def daemon_pids(mountpoint: str) -> list:
@@ -119,6 +177,19 @@ def daemon_pids(mountpoint: str) -> list:
     return out
 
 
+def state_path_of(pid: int):
+    """The --state FILE a kmemfs daemon was started with (from its command line), or None."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return None
+    for flag, value in zip(argv, argv[1:]):
+        if flag == b"--state":
+            return os.fsdecode(value)
+    return None
+
+
 def wait_gone(pids, timeout: float) -> bool:
     import time
     deadline = time.monotonic() + timeout
@@ -136,17 +207,28 @@ def build(config: Config, slabinfo=None):
     return CgroupFS(engine, special_files=control_files())
 
 
-def build_or_restore(config, explicit_options: bool, slabinfo, state_path):
-    """A fresh model, or the one saved in `state_path` (which then decides the config)."""
+def open_state(path):
+    """The --state file, resolved and checked once (kmemfs/fuse/safepath.py), or None."""
+    from . import state
+    if not path:
+        return None
+    try:
+        return state.StateFile(path)
+    except state.StateError as e:
+        raise MountError(f"refusing the state file: {e}") from None
+
+
+def build_or_restore(config, explicit_options: bool, slabinfo, state_file):
+    """A fresh model, or the one saved in `state_file` (which then decides the config)."""
     from . import state
     from ..cgroupfs.control import control_files
-    if not state_path or not os.path.exists(state_path):
+    if state_file is None or not state_file.exists():
         try:
             return build(config, slabinfo)
         except EngineError as e:
             raise MountError(f"catalogue: {e.message}") from None
     try:
-        saved = state.load(state_path)
+        saved = state_file.load()
     except state.StateError as e:
         raise MountError(f"refusing the state file: {e}") from None
     if slabinfo:
@@ -155,57 +237,65 @@ def build_or_restore(config, explicit_options: bool, slabinfo, state_path):
     if explicit_options and config != old:
         diff = [f"{k}={v} (saved {getattr(old, k)})" for k, v in config.items()
                 if getattr(old, k) != v]
-        raise MountError(f"{state_path} was saved with other options: {', '.join(diff)}")
-    log.info("restored the model from %s", state_path)
+        raise MountError(f"{state_file.path} was saved with other options: {', '.join(diff)}")
+    log.info("restored the model from %s", state_file.path)
     return state.restore(saved, control_files())
 
 
-def serve(mountpoint: str, fs: CgroupFS, fuse_opts=(), ready=None, state_path=None,
-          save_interval: float = 0) -> None:
-    """Mount and serve until unmounted or SIGTERM/SIGINT; always unmounts (and saves)."""
+def serve(mountpoint: str, fs: CgroupFS, fuse_opts=(), ready=None, state_file=None,
+          save_interval: float = 0) -> bool:
+    """Mount and serve until unmounted or SIGTERM/SIGINT; always unmounts (and saves).
+    Returns False when the model could not be saved at the end (the daemon then exits 1)."""
     from .ops import Operations
     ops = Operations(fs, mountpoint)
-    opts = set(pyfuse3.default_options) | {"fsname=kmemfs", "subtype=kmemfs"} | set(fuse_opts)
+    opts = set(pyfuse3.default_options) | {"fsname=kmemfs", "subtype=kmemfs"} \
+        | (set(fuse_opts) - {"nonempty"})
     pyfuse3.init(ops, mountpoint, opts)
     log.info("mounted kmemfs at %s", mountpoint)
     if ready:
         ready()
+    saved = True
     try:
-        trio.run(_main, fs, state_path, save_interval)
+        trio.run(_main, fs, state_file, save_interval)
     finally:
-        if state_path:
-            _save(fs, state_path)
+        if state_file:
+            saved = save(fs, state_file)
         fs.close()
         try:
             pyfuse3.close(unmount=True)
         except Exception:
             log.warning("unmount at close failed", exc_info=True)
         log.info("unmounted %s", mountpoint)
+    return saved
 
 
-async def _main(fs, state_path, save_interval):
+async def _main(fs, state_file, save_interval):
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signal, nursery)
-        if state_path and save_interval > 0:
-            nursery.start_soon(_save_every, fs, state_path, save_interval)
+        if state_file and save_interval > 0:
+            nursery.start_soon(_save_every, fs, state_file, save_interval)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
 
-async def _save_every(fs, path, interval):
+async def _save_every(fs, state_file, interval):
     # Runs between requests on the trio thread, so each save is a consistent snapshot.
     while True:
         await trio.sleep(interval)
-        _save(fs, path)
+        save(fs, state_file)
 
 
-def _save(fs, path) -> None:
-    from . import state
+def save(fs, state_file) -> bool:
+    """Save; a failure is logged and reported as a `save_failed` event in .kmemfs/events
+    (the file keeps its last good contents). Returns whether it worked."""
     try:
-        state.save(fs, path)
-        log.debug("state saved to %s (event seq %d)", path, fs.engine.event_seq)
-    except Exception:
-        log.exception("saving the state to %s failed", path)
+        state_file.save(fs)
+    except Exception as e:      # a full disk, an I/O error, a model the schema lacks a field of
+        log.error("saving the state to %s failed: %s", state_file.path, e, exc_info=True)
+        fs.engine.emit("save_failed", path=state_file.path, error=str(e))
+        return False
+    log.debug("state saved to %s (event seq %d)", state_file.path, fs.engine.event_seq)
+    return True
 
 
 async def _on_signal(nursery):
