@@ -117,6 +117,11 @@ def cmd_umount(args) -> int:
                     return 1
                 print(f"kmemfs: {e}: detaching it lazily (--lazy)", file=sys.stderr)
                 daemon.unmount(mp, lazy=True)
+                if not daemon.wait_gone(pids, timeout=5):
+                    print(f"kmemfs: {mp} is detached; its daemon (pid {', '.join(map(str, pids))})"
+                          " saves and exits once the last file open there is closed",
+                          file=sys.stderr)
+                    return 0
     except daemon.MountError as e:
         print(f"kmemfs: {e}", file=sys.stderr)
         return 1
@@ -177,8 +182,11 @@ def main(argv=None) -> int:
                    help="seconds between periodic saves with --state (0: only at unmount; "
                         "default 30)")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-    m.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    m.add_argument("--log", metavar="FILE", help="log to FILE instead of stderr")
+    # SUPPRESS: `kmemfs --log F mount` must not be reset to None by the subcommand's default
+    m.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="debug logging")
+    m.add_argument("--log", metavar="FILE", default=argparse.SUPPRESS,
+                   help="log to FILE instead of stderr")
     m.set_defaults(fn=cmd_mount)
 
     u = sub.add_parser("umount", help="unmount a kmemfs hierarchy",

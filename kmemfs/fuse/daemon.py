@@ -193,11 +193,20 @@ def state_path_of(pid: int):
 def wait_gone(pids, timeout: float) -> bool:
     import time
     deadline = time.monotonic() + timeout
-    while any(os.path.exists(f"/proc/{p}") for p in pids):
+    while any(_running(p) for p in pids):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
     return True
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a daemon whose parent has not reaped it yet has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def build(config: Config, slabinfo=None):

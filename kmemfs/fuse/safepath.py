@@ -118,6 +118,8 @@ class SafeDir:
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise UnsafePath(f"{self.path} is a symlink: refusing to follow it") from None
+            if e.errno == errno.ENXIO:      # O_NONBLOCK write-open of a FIFO nobody reads
+                raise UnsafePath(f"{self.path}: not a regular file (a FIFO)") from None
             raise
         try:
             _check_file(fd, self.path)           # O_NONBLOCK: a planted FIFO cannot hang us

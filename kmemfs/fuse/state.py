@@ -35,7 +35,11 @@ class StateError(Exception):
 
 
 class _Bad(Exception):
-    """A value that does not fit the schema; `where` grows as it propagates."""
+    """A value that does not fit the schema; where it is grows as it propagates."""
+
+    def at(self, where: str) -> "_Bad":
+        msg = str(self)
+        return _Bad(where + (msg if msg[:1] in ".[" else " " + msg))
 
 
 # ---------------------------------------------------------------------------------- types
@@ -105,7 +109,7 @@ def _each(t, items, code):
         try:
             out.append(code(t, x))
         except _Bad as e:
-            raise _Bad(f"[{i}] {e}") from None
+            raise e.at(f"[{i}]") from None
     return out
 
 
@@ -133,7 +137,7 @@ class Row(_Type):
             try:
                 out.append(code(t, x))
             except _Bad as e:
-                raise _Bad(f"[{i}] {e}") from None
+                raise e.at(f"[{i}]") from None
         return out
 
     def encode(self, v, refs):
@@ -214,7 +218,7 @@ def _record(fields, get, refs) -> dict:
         try:
             out[name] = t.encode(get(name), refs)
         except _Bad as e:
-            raise _Bad(f".{name} {e}") from None
+            raise e.at(f".{name}") from None
     return out
 
 
@@ -230,7 +234,7 @@ def _fields_of(fields, v, objs) -> dict:
         try:
             out[name] = t.decode(v[name], objs)
         except _Bad as e:
-            raise _Bad(f".{name} {e}") from None
+            raise e.at(f".{name}") from None
     return out
 
 
@@ -339,7 +343,7 @@ def encode(fs) -> dict:
                 tables[cls][index[id(obj)]] = _record(SCHEMA[cls],
                                                       lambda n: getattr(obj, n), refs)
             except _Bad as e:
-                raise _Bad(f"{NAMES[cls]} #{index[id(obj)]}{e}") from None
+                raise e.at(f"{NAMES[cls]} #{index[id(obj)]}") from None
         fs_fields = _record(FS_FIELDS, lambda n: getattr(fs, n), refs)
     except _Bad as e:
         raise StateError(f"cannot save the model: {e}") from None
@@ -381,13 +385,13 @@ def decode(doc) -> dict:
                 for name, value in _fields_of(fields, rec, objs).items():
                     setattr(obj, name, value)
             except _Bad as e:
-                raise _Bad(f"{NAMES[cls]} #{i}{e}") from None
+                raise e.at(f"{NAMES[cls]} #{i}") from None
     engine = objs[Engine][0]
     engine.events = deque(engine.events, maxlen=engine.config.event_log_size)
     try:
         fs = _fields_of(FS_FIELDS, doc["fs"], objs)
     except _Bad as e:
-        raise _Bad(f"fs{e}") from None
+        raise e.at("fs") from None
     _check_config(engine.config)
     _check_graph(engine, objs)
     _check_fs(fs)
