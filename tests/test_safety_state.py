@@ -2,13 +2,16 @@
 a user's symlink, `kmemfs umount` touches only kmemfs mounts, failed saves are reported and
 never lose the last good state, the mount point is resolved and checked once.
 
-Each test reproduces the attack of the issue as described (as `nobody` where it matters) and
-failed on the code before these fixes (9dffc72)."""
+Each test reproduces the attack of the issue as described (as `nobody` where it matters). The
+pickle, the planted temporary symlink and the 1,000-level save were also run against the code
+before these fixes (9dffc72), where the command ran, the victim was overwritten and the save
+hit RecursionError; the old `kmemfs umount` was never run on /proc or a tmpfs (it detaches)."""
 import errno
 import hashlib
 import json
 import os
 import pickle
+import random
 import shutil
 import signal
 import stat
@@ -275,6 +278,51 @@ def test_the_tree_must_be_a_tree():
 def test_hostile_json_is_refused(payload, match):
     with pytest.raises(state.StateError, match=match):
         state.loads(repack(payload))
+
+
+def test_a_mutated_state_is_refused_or_served():
+    """Any number in a state file changed (counters, limits, ids, references): the file is
+    refused with a reason, or the model it holds is served without a crash: every file
+    reads, allocation works, and it saves again."""
+    fs = build(Config(boot_slabs=False))
+    e = fs.engine
+    a = e.mkdir(e.root, "a")
+    fs.memcgs[a.id] = a
+    e.alloc(e.cache("dentry"), 50, a)
+    t, _ = e.spawn(a)
+    e.charge_user(a, "anon", 8 * e.page, task=t)
+    doc = doc_of(fs)
+    spots, todo = [], deque([(doc, [])])
+    while todo:
+        v, path = todo.popleft()
+        if type(v) is int:
+            spots.append(path)
+        elif isinstance(v, (dict, list)):
+            todo.extend((x, path + [k]) for k, x in (v.items() if isinstance(v, dict)
+                                                     else enumerate(v)))
+    rng = random.Random(9)
+    outcomes = set()
+    for _ in range(200):
+        d = json.loads(json.dumps(doc))
+        *where, last = rng.choice(spots)
+        o = d
+        for k in where:
+            o = o[k]
+        o[last] = rng.choice([-1, 0, 1, 2, 7, 4096, 2**62, 2**64, o[last] + 1, o[last] - 1])
+        try:
+            saved = state.loads(repack(json.dumps(d).encode()))
+        except state.StateError:
+            outcomes.add("refused")
+            continue
+        fs2 = state.restore(saved, control_files())
+        render_all(fs2)
+        try:
+            fs2.engine.alloc(fs2.engine.cache("dentry"), 100, fs2.engine.root)
+        except EngineError:
+            pass
+        state.dumps(fs2)
+        outcomes.add("served")
+    assert outcomes == {"refused", "served"}
 
 
 def test_busy_model_round_trips_byte_identical():
