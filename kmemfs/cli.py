@@ -103,7 +103,7 @@ def cmd_umount(args) -> int:
     pids = daemon.daemon_pids(mp)
     saved_before = {p: _state_identity(p) for p in pids}
     try:
-        if daemon._stale(mp):
+        if daemon.is_stale(mp):
             print(f"kmemfs: {mp}: stale mount (its daemon is gone): detaching it lazily",
                   file=sys.stderr)
             daemon.unmount(mp, lazy=True)

@@ -31,6 +31,18 @@ touch 50 cg=/c
 alloc size-64 10 cg=/c gfp=GFP_NOFS
 CMDS
 mkdir {mp}/gone; echo 'alloc dentry 25 cg=/gone' > {mp}/.kmemfs/ctl; rmdir {mp}/gone
+mkdir {mp}/h; echo 1 > {mp}/h/memory.use_hierarchy; mkdir {mp}/h/x {mp}/h/y
+echo 2M > {mp}/h/memory.soft_limit_in_bytes; echo 30 > {mp}/h/x/memory.swappiness
+echo 3 > {mp}/h/x/memory.move_charge_at_immigrate; echo 1 > {mp}/h/y/notify_on_release
+echo /bin/true > {mp}/release_agent; chown 65534:65534 {mp}/h/x/memory.limit_in_bytes
+echo 1 > {mp}/h/memory.oom_control; echo 4M > {mp}/h/memory.limit_in_bytes
+cat > {mp}/.kmemfs/ctl <<CMDS
+charge anon 512K cg=/h/x
+touch 40 cg=/h/y
+unlink 10 cg=/h/y
+alloc inode_cache 7 cg=/h/y gfp=GFP_NOWAIT
+kmalloc 4000 3 cg=/h/x
+CMDS
 """
 
 
@@ -75,6 +87,7 @@ def test_restore_is_byte_identical(tmp_path, mounts):
     sh(WORKLOAD.format(mp=m.path), check=True)
     before = read_everything(m.path)
     m.stop()
+    assert m.proc.returncode == 0, m.read_log()
     assert st.exists()
     m2 = mount_with_state(tmp_path, mounts, st)
     after = read_everything(m2.path)

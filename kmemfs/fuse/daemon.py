@@ -119,7 +119,7 @@ def check_mountpoint(mountpoint: str, nonempty: bool = False) -> str:
         mountpoint = resolve(mountpoint, last_may_fail=True)
     except UnsafePath as e:
         raise MountError(str(e)) from None
-    if _stale(mountpoint):
+    if is_stale(mountpoint):
         require_kmemfs(mountpoint)
         log.warning("%s: stale kmemfs mount (Transport endpoint is not connected): "
                     "detaching it (lazily)", mountpoint)
@@ -137,7 +137,7 @@ def check_mountpoint(mountpoint: str, nonempty: bool = False) -> str:
     return mountpoint
 
 
-def _stale(mountpoint: str) -> bool:
+def is_stale(mountpoint: str) -> bool:
     """A dead FUSE daemon's mount answers ENOTCONN. stat may still be served from the
     attribute cache for a moment, so also ask for something only the daemon can answer."""
     for probe in (os.stat, os.statvfs):
@@ -186,7 +186,10 @@ def state_path_of(pid: int):
         return None
     for flag, value in zip(argv, argv[1:]):
         if flag == b"--state":
-            return os.fsdecode(value)
+            try:    # a relative path is the daemon's: resolve it against its cwd
+                return os.path.join(os.readlink(f"/proc/{pid}/cwd"), os.fsdecode(value))
+            except OSError:
+                return None
     return None
 
 

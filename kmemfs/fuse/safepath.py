@@ -99,14 +99,14 @@ class SafeDir:
         real = resolve(path)
         self.dir, self.name = os.path.split(real)
         self.path = real
+        if not self.name:
+            raise UnsafePath(f"{path}: names a directory, not a file")
         check_dirs(self.dir)
         try:
             self.fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
                               | os.O_CLOEXEC)
         except OSError as e:
             raise UnsafePath(f"{self.dir}: {e.strerror}") from None
-        if not self.name:
-            raise UnsafePath(f"{path}: names a directory, not a file")
 
     def close(self) -> None:
         os.close(self.fd)
