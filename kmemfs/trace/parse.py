@@ -116,7 +116,7 @@ class Parser:
         n = 0
         for line in lines:
             n += 1
-            if line[16:17] == "-" and line[0] == " ":     # the %16s comm column
+            if line[16:17] == "-" and line[0] == " " and line[17:18].isdigit():  # %16s comm
                 comm = line[:16].lstrip()
                 rest = line[17:]
             else:
