@@ -87,6 +87,21 @@ def test_pointer_reuse_chain_in_one_microsecond():
                                            (9, "alloc", 0xa)]
 
 
+def test_free_prefilter_keeps_what_merge_needs():
+    """The system-wide free lines are filtered before parsing: a free of a pointer the tree
+    allocated, or by a task of the tree, passes; other shapes (lost markers) pass too."""
+    def line(pid, ptr, comm="x"):
+        return (f"{comm:>16}-{pid:<7} [001] ..s1.   10.000001: kfree: "
+                f"call_site=rcu_do_batch+0x1b7/0x530 ptr={ptr}")
+    allocs = [E(1, "alloc", 0xffff888100000040, pid=5), E(2, "fork", pid=5, child=6)]
+    keep = capture.free_filter(allocs, root_pid=5)
+    lines = [line(99, "ffff888100000040"), line(6, "ffff888100000080"),
+             line(5, "ffff8881000000c0"), line(99, "ffff888100000100"),
+             "CPU:0 [LOST 3 EVENTS]", line(99, "ffff888100000040") + " name=filp"]
+    assert keep(lines) == lines[:3] + lines[4:]
+    assert keep.dropped == [1]
+
+
 # --- host description --------------------------------------------------------------------------
 
 def test_slub_aliases_from_sysfs_layout(tmp_path):

@@ -436,6 +436,7 @@ def run(argv: list[str], output: str, free_tail: float = DEFAULT_FREE_TAIL,
                 os.write(go, b"g")
                 os.close(pipes.pop(0))
                 wstatus = _follow(pid, fds, spools, sigs)
+                header.run_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC) - header.start_ns
                 pid = None
                 exec_err = os.read(err, 4096).decode(errors="replace")
                 header.exit_status = _status(wstatus)
@@ -499,13 +500,51 @@ def _follow(pid: int, fds, spools, sigs: _Signals) -> int:
 
 # --- spools -> trace file ------------------------------------------------------------------------
 
-def _parse_spool(path: str, stats: ParseStats) -> Iterator[tformat.Event]:
+def _parse_spool(path: str, stats: ParseStats, keep=None) -> Iterator[tformat.Event]:
+    """Events of a spooled trace_pipe; keep(lines) -> lines worth parsing (a pre-filter)."""
     p = Parser()
     with open(path, encoding="utf-8", errors="replace", newline="\n") as f:
+        tail = ""
         while data := f.read(READ_CHUNK):
-            yield from p.feed(data)
+            data = tail + data
+            end = data.rfind("\n")
+            if end < 0:
+                tail = data
+                continue
+            tail = data[end + 1:]
+            lines = data[:end].split("\n")
+            yield from p.parse_lines(keep(lines) if keep else lines)
+    p.feed(tail)
     p.close()
     stats.merge(p.stats)
+
+
+def free_filter(allocs: list[tformat.Event], root_pid: int):
+    """A cheap pre-filter of the system-wide free lines: only a free of a pointer the tree
+    allocated, or one by a task of the tree, can matter (merge() decides exactly). Most frees
+    are other tasks' and are dropped here without being parsed. Lines of any other shape
+    (lost-events markers, odd columns) pass through."""
+    ptrs = {f"{e.ptr:016x}" for e in allocs if e.op == "alloc"}
+    pids = {str(root_pid)} | {str(e.child) for e in allocs if e.op == "fork"}
+    pids |= {str(e.pid) for e in allocs}
+    dropped = [0]
+
+    def keep(lines):
+        out = []
+        for line in lines:
+            i = line.find(" ptr=", 40)
+            if i < 0 or line[16:17] != "-":
+                out.append(line)
+                continue
+            j = line.find(" ", i + 5)
+            if (line[i + 5:j] if j > 0 else line[i + 5:]) in ptrs or \
+                    line[17:line.find(" ", 17)] in pids:
+                out.append(line)
+            else:
+                dropped[0] += 1
+        return out
+    keep.dropped = dropped
+    return keep
 
 
 def _sorted(events: Iterable[tformat.Event], window_ns: int) -> Iterator[tformat.Event]:
@@ -604,8 +643,9 @@ def _interleave(group_a, group_f, live, tree, stats):
 def _write_trace(output: str, header: tformat.Header, spool_dir: str, log) -> None:
     a_stats, f_stats = ParseStats(), ParseStats()
     me = os.getpid()
-    allocs = _parse_spool(os.path.join(spool_dir, f"kmemfs_{me}_alloc"), a_stats)
-    frees = _parse_spool(os.path.join(spool_dir, f"kmemfs_{me}_free"), f_stats)
+    allocs = list(_parse_spool(os.path.join(spool_dir, f"kmemfs_{me}_alloc"), a_stats))
+    keep = free_filter(allocs, header.root_pid)
+    frees = _parse_spool(os.path.join(spool_dir, f"kmemfs_{me}_free"), f_stats, keep)
     mstats: dict = {}
     counts = dict.fromkeys(tformat.OPS, 0)
     # The header goes first but holds the totals: write the records to a side file, then
@@ -621,7 +661,8 @@ def _write_trace(output: str, header: tformat.Header, spool_dir: str, log) -> No
     st.merge(a_stats)
     st.merge(f_stats)
     header.extra["parse"] = {"alloc": _stats_dict(a_stats), "free": _stats_dict(f_stats),
-                             "frees_dropped_unrelated": mstats.get("frees_dropped", 0)}
+                             "frees_dropped_unrelated": mstats.get("frees_dropped", 0)
+                             + keep.dropped[0]}
     lost = sum(c["lost"] for inst in header.lost.values() for c in inst.values())
     lost += sum(st.lost.values())
     if lost:
