@@ -194,9 +194,9 @@ def main(argv=None) -> int:
                        description=TRACE_HELP,
                        usage="kmemfs trace [-o FILE] [--free-tail S] [--buffer-kb N] "
                              "-- COMMAND [ARGS...]")
-    t.add_argument("-o", default="kmemfs.trace", metavar="FILE",
-                   help="the trace file (default kmemfs.trace; a name ending in .gz is "
-                        "gzip'ed)")
+    t.add_argument("-o", default="kmemfs.trace.gz", metavar="FILE",
+                   help="the trace file (default kmemfs.trace.gz; gzip'ed when the name ends "
+                        "in .gz, plain text otherwise)")
     t.add_argument("--free-tail", type=float, default=1.0, metavar="S",
                    help="keep recording frees S seconds after COMMAND exits, for RCU-deferred "
                         "frees (default 1)")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import heapq
 import itertools
 import os
@@ -679,8 +680,8 @@ def _write_trace(output: str, header: tformat.Header, spool_dir: str, log) -> No
     try:
         with tmp:
             if output.endswith(".gz"):
-                import gzip
-                dst = gzip.GzipFile(fileobj=tmp, mode="wb", compresslevel=6, mtime=0)
+                dst = gzip.GzipFile(fileobj=tmp, mode="wb", compresslevel=tformat.GZIP_LEVEL,
+                                    mtime=0)
             else:
                 dst = tmp
             with dst:

@@ -21,6 +21,8 @@ from typing import IO, Iterable, Iterator, NamedTuple
 FORMAT = "kmemfs-trace"
 VERSION = 1
 
+GZIP_LEVEL = 1      # ~10 bytes/record at 300 MB/s; level 6 saves a quarter at 1/6 the speed
+
 OPS = ("alloc", "free", "fork", "exit")
 CONTEXTS = ("task", "softirq", "hardirq", "nmi")
 
@@ -141,7 +143,7 @@ def _open_text(path_or_file, mode: str) -> IO[str]:
     if isinstance(path_or_file, (str, os.PathLike)):
         raw = open(path_or_file, "wb")
         if os.fspath(path_or_file).endswith(".gz"):
-            raw = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0)
+            raw = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
         return io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
     return path_or_file
 
@@ -161,16 +163,26 @@ def read_trace(path_or_file) -> tuple[Header, Iterator[Event]]:
 
 
 def _records(f: IO[str]) -> Iterator[Event]:
+    new = tuple.__new__
+    n = len(FIELDS)
     seq = 0
     for line in f:
-        if not line.endswith("\n"):
+        r = line.split("\t")
+        if len(r) != n or line[-1:] != "\n":
+            if line.endswith("\n"):
+                decode(line, seq)               # raises, naming the record
             try:
-                ev = decode(line, seq)      # a complete record that only lacks its newline
+                ev = decode(line, seq)          # a complete record that only lacks its newline
             except TraceFormatError:
-                return                      # a capture cut short mid-record
+                return                          # a capture cut short mid-record
             yield ev
             return
-        yield decode(line, seq)
+        try:
+            yield new(Event, (seq, int(r[0]), int(r[1]), r[2], r[3], int(r[4], 16), int(r[5]),
+                              int(r[6]), r[7], r[8], r[9] == "1", r[10], int(r[11]),
+                              r[12][:-1]))
+        except ValueError as e:
+            raise TraceFormatError(f"record {seq}: {e}") from None
         seq += 1
 
 
