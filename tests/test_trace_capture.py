@@ -79,6 +79,17 @@ def test_nearly_sorted_streams_are_sorted():
     assert [e.time_ns for e in got] == [10, 20, 30, 40]
 
 
+def test_sorting_in_batches_keeps_stream_order_for_equal_times():
+    evs = [Event(i, t, 1, "alloc", "c", i, 8, 8, "", "task", False, "", 0, "x")
+           for i, t in enumerate([5, 1, 5, 2, 9, 7, 9, 8, 20, 15, 30, 25, 30])]
+    got = list(capture._sorted(evs, window_ns=10, batch=3))
+    assert [(e.time_ns, e.seq) for e in got] == sorted((e.time_ns, e.seq) for e in evs)
+    burst = [Event(i, 100 + i % 7, 1, "alloc", "c", i, 8, 8, "", "task", False, "", 0, "x")
+             for i in range(2000)]                 # all inside one window: no quadratic sort
+    assert [e.time_ns for e in capture._sorted(burst, 10**9, batch=16)] == sorted(
+        e.time_ns for e in burst)
+
+
 def test_pointer_reuse_chain_in_one_microsecond():
     allocs = [E(1, "alloc", 0xa), E(9, "alloc", 0xa), E(9, "alloc", 0xa)]
     frees = [E(9, "free", 0xa, pid=99), E(9, "free", 0xa, pid=99)]

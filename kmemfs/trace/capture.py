@@ -18,11 +18,12 @@ trace file (format.py). The instances are always removed, also on Ctrl-C, SIGTER
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import gzip
-import heapq
 import itertools
+import operator
 import os
 import re
 import select
@@ -548,17 +549,26 @@ def free_filter(allocs: list[tformat.Event], root_pid: int):
     return keep
 
 
-def _sorted(events: Iterable[tformat.Event], window_ns: int) -> Iterator[tformat.Event]:
+def _sorted(events: Iterable[tformat.Event], window_ns: int,
+            batch: int = 1 << 16) -> Iterator[tformat.Event]:
     """Time order out of trace_pipe's nearly sorted stream: trace_pipe merges the per-CPU
-    buffers by timestamp, but an event committed while the reader passed may come late.
-    Keeps stream order among equal times."""
-    heap: list = []
+    buffers by timestamp, but an event committed while the reader passed may come late (by
+    less than window_ns). Batches are sorted (Timsort is linear on nearly sorted input, and
+    stable: stream order is kept among equal times); what is newer than the batch's last time
+    minus the window waits for the next batch."""
+    key = operator.itemgetter(1)            # time_ns
+    buf: list = []
+    limit = batch
     for ev in events:
-        heapq.heappush(heap, (ev.time_ns, ev.seq, ev))
-        while heap[0][0] < ev.time_ns - window_ns:
-            yield heapq.heappop(heap)[2]
-    while heap:
-        yield heapq.heappop(heap)[2]
+        buf.append(ev)
+        if len(buf) >= limit:
+            buf.sort(key=key)
+            cut = bisect.bisect_left(buf, buf[-1][1] - window_ns, key=key)
+            yield from buf[:cut]
+            del buf[:cut]
+            limit = len(buf) + batch        # a burst inside the window: grow, stay linear
+    buf.sort(key=key)
+    yield from buf
 
 
 def merge(allocs: Iterable[tformat.Event], frees: Iterable[tformat.Event],
@@ -571,52 +581,56 @@ def merge(allocs: Iterable[tformat.Event], frees: Iterable[tformat.Event],
     live goes first (its slot is then reused by the alloc), a free of an object allocated in the
     same microsecond goes after that alloc. Renumbers seq."""
     stats = stats if stats is not None else {}
-    stats.setdefault("frees_dropped", 0)
     live: set[int] = set()
     tree = {root_pid}
+    dropped = 0
     a_it = _sorted(allocs, window_ns)
     f_it = _sorted(frees, window_ns)
     seq = 0
     new = tuple.__new__
     Event = tformat.Event
-
-    def out(ev):
-        nonlocal seq
-        r = new(Event, (seq,) + ev[1:])
-        seq += 1
-        return r
-
     a = next(a_it, None)
     f = next(f_it, None)
     while a is not None or f is not None:
-        if f is None or (a is not None and a.time_ns < f.time_ns):
-            group_a, group_f, t = [a], [], a.time_ns
-        elif a is None or f.time_ns < a.time_ns:
-            # a free alone at its time: keep it if it matters
-            if f.ptr in live:
-                live.discard(f.ptr)
-                yield out(f)
-            elif f.pid in tree:
-                yield out(f)
-            else:
-                stats["frees_dropped"] += 1
+        if f is None or (a is not None and a[1] < f[1]):        # [1]: time_ns
+            if a[3] == "alloc":
+                live.add(a[5])
+            elif a[3] == "fork":
+                tree.add(a[12])
+            yield new(Event, (seq,) + a[1:])
+            seq += 1
+            a = next(a_it, None)
+        elif a is None or f[1] < a[1]:
+            if f[5] in live:
+                live.discard(f[5])
+            elif f[2] not in tree:
+                dropped += 1
+                f = next(f_it, None)
+                continue
+            yield new(Event, (seq,) + f[1:])
+            seq += 1
             f = next(f_it, None)
-            continue
-        else:
-            group_a, group_f, t = [a], [f], a.time_ns
-            f = next(f_it, None)
-            while f is not None and f.time_ns == t:
+        else:                               # both instances at one microsecond
+            t = a[1]
+            group_a, group_f = [], []
+            while a is not None and a[1] == t:
+                group_a.append(a)
+                a = next(a_it, None)
+            while f is not None and f[1] == t:
                 group_f.append(f)
                 f = next(f_it, None)
-        a = next(a_it, None)
-        while a is not None and a.time_ns == t:
-            group_a.append(a)
-            a = next(a_it, None)
-        yield from (out(ev) for ev in _interleave(group_a, group_f, live, tree, stats))
+            for ev in _interleave(group_a, group_f, live, tree):
+                if ev is None:
+                    dropped += 1
+                    continue
+                yield new(Event, (seq,) + ev[1:])
+                seq += 1
+    stats["frees_dropped"] = stats.get("frees_dropped", 0) + dropped
 
 
-def _interleave(group_a, group_f, live, tree, stats):
-    """One microsecond's events of both instances, in a consistent order (see merge)."""
+def _interleave(group_a, group_f, live, tree):
+    """One microsecond's events of both instances, in a consistent order (see merge); None
+    for a free that does not matter."""
     pending_alloc = {ev.ptr for ev in group_a if ev.op == "alloc"}
     i = j = 0
     while i < len(group_a) or j < len(group_f):
@@ -630,7 +644,7 @@ def _interleave(group_a, group_f, live, tree, stats):
             elif fr.pid in tree:
                 yield fr
             else:
-                stats["frees_dropped"] += 1
+                yield None
             continue
         i += 1
         if al.op == "alloc":

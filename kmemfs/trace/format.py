@@ -112,9 +112,14 @@ _CLEAN = str.maketrans("\t\n\r", "   ")
 
 def encode(ev: Event) -> str:
     """One record line (no newline). Tabs/newlines in comm or call_site become spaces."""
+    comm, cs = ev.comm, ev.call_site
+    if not comm.isprintable():
+        comm = comm.translate(_CLEAN)
+    if not cs.isprintable():
+        cs = cs.translate(_CLEAN)
     return (f"{ev.time_ns}\t{ev.pid}\t{ev.op}\t{ev.cache}\t{ev.ptr:x}\t{ev.bytes_req}\t"
             f"{ev.bytes_alloc}\t{ev.gfp}\t{ev.context}\t{1 if ev.accounted else 0}\t"
-            f"{ev.call_site.translate(_CLEAN)}\t{ev.child}\t{ev.comm.translate(_CLEAN)}")
+            f"{cs}\t{ev.child}\t{comm}")
 
 
 def decode(line: str, seq: int) -> Event:
