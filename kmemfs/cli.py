@@ -135,6 +135,9 @@ def cmd_trace(args) -> int:
     except capture.TraceError as e:
         print(f"kmemfs trace: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:               # Ctrl-C while the trace file was being written
+        print("kmemfs trace: interrupted: trace not written", file=sys.stderr)
+        return 130
     c = header.counts
     print(f"kmemfs trace: {args.o}: {c.get('alloc', 0)} allocations, {c.get('free', 0)} frees, "
           f"{c.get('fork', 0)} forks, {c.get('exit', 0)} exits"

@@ -206,12 +206,14 @@ class Instance:
 
 
 def remove_stale_instances(tracefs: str) -> list[str]:
-    """Instances a killed `kmemfs trace` left (its pid is gone): disable and remove them."""
+    """Instances a killed `kmemfs trace` left (its pid is gone): disable and remove them.
+    Called before this run creates its own."""
     removed = []
     with contextlib.suppress(OSError):
         for name in os.listdir(os.path.join(tracefs, "instances")):
             m = INSTANCE_RE.match(name)
-            if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            # ours cannot exist yet: one with our pid is a dead process's that had it
+            if m and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1)))):
                 inst = Instance.__new__(Instance)
                 inst.name, inst.path, inst.fd = name, os.path.join(tracefs, "instances", name), None
                 with contextlib.suppress(TraceError):
@@ -393,11 +395,13 @@ def run(argv: list[str], output: str, free_tail: float = DEFAULT_FREE_TAIL,
     log = log or (lambda msg: print(f"kmemfs trace: {msg}", file=sys.stderr))
     if not argv:
         raise TraceError("no command given")
-    if os.geteuid() != 0:
-        raise TraceError("must run as root (tracefs and the kmem tracepoints are root-only)")
     out_dir = os.path.dirname(os.path.abspath(output)) or "."
     if not os.path.isdir(out_dir):
         raise TraceError(f"{out_dir}: no such directory")
+    if os.path.isdir(output):
+        raise TraceError(f"{output}: is a directory")
+    if os.geteuid() != 0:
+        raise TraceError("must run as root (tracefs and the kmem tracepoints are root-only)")
     header = host_header(argv)
     header.free_tail_s, header.buffer_size_kb = free_tail, buffer_kb
     spool_dir = tempfile.mkdtemp(prefix="kmemfs_trace_")
@@ -439,7 +443,7 @@ def run(argv: list[str], output: str, free_tail: float = DEFAULT_FREE_TAIL,
                 os.close(pipes.pop(0))
                 wstatus = _follow(pid, fds, spools, sigs)
                 header.run_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC) - header.start_ns
-                pid = None
+                pid = sigs.child = None              # from now on a signal aborts
                 exec_err = os.read(err, 4096).decode(errors="replace")
                 header.exit_status = _status(wstatus)
                 tail_end = time.monotonic() + max(0.0, free_tail)
@@ -471,7 +475,10 @@ def run(argv: list[str], output: str, free_tail: float = DEFAULT_FREE_TAIL,
                 raise TraceError(exec_err)
             if sigs.count:
                 header.notes.append(f"{signal.Signals(sigs.last).name} forwarded to COMMAND")
-        _write_trace(output, header, spool_dir, log)
+        try:
+            _write_trace(output, header, spool_dir, log)
+        except OSError as e:
+            raise TraceError(f"cannot write {output}: {e.strerror or e}") from None
         return header
     finally:
         shutil.rmtree(spool_dir, ignore_errors=True)
@@ -678,8 +685,9 @@ def _write_trace(output: str, header: tformat.Header, spool_dir: str, log) -> No
     header.extra["parse"] = {"alloc": _stats_dict(a_stats), "free": _stats_dict(f_stats),
                              "frees_dropped_unrelated": mstats.get("frees_dropped", 0)
                              + keep.dropped[0]}
-    lost = sum(c["lost"] for inst in header.lost.values() for c in inst.values())
-    lost += sum(st.lost.values())
+    # per_cpu stats and trace_pipe's "[LOST n EVENTS]" lines count the same drops
+    lost = max(sum(c["lost"] for inst in header.lost.values() for c in inst.values()),
+               sum(st.lost.values()))
     if lost:
         header.inexact = True
         header.notes.append(f"{lost} events lost (tracefs buffers full): the trace is inexact")
