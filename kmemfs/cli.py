@@ -21,8 +21,9 @@ options (-o, comma separated):
   allow_other         let other users in; modes are then enforced (default_permissions)
   nonempty            mount over a directory that is not empty (refused otherwise)
   charge_batch=N      per-CPU charge stock of N pages (3.3 uses 32); 0 (default) = exact
-  nr_cpus=N           CPUs the SLAB model assumes (free_limit); default 1
+  nr_cpus=N           CPUs the SLAB model assumes (free_limit, array caches); default 1
   noboot_slabs        start the original caches empty instead of as the catalogue recorded
+  noarray_caches      no SLAB array caches: frees reach the slabs at once
   max_memcgs=N        cap on cgroups (default 65535, CSS_ID_MAX): mkdir beyond is ENOSPC
   max_tasks=N         cap on simulated tasks (default 100000): spawn beyond is ENOSPC
   max_objects=N       cap on objects or pages one control command asks for (default

@@ -48,9 +48,9 @@ def test_dependent_mode_reclaim_then_oom():
     counted in the cgroup's memory.usage_in_bytes, and kernel memory allocations may trigger
     memcg reclaim or OOM" (spec 1.3, 2.4).
 
-    job: limit 256 pages = 14 (two forks) + 100 + 120 (anon of worker, hog) + 22 page cache.
-    touch(100) needs 5 dentry + 15 inode pages: the first grow reclaims the 22 cache pages.
-    The second touch(100) finds 2 pages free, nothing to reclaim: after the retries the OOM
+    job: limit 256 pages = 15 (two forks, FIRST_SPAWN_BYTES) + 100 + 120 (anon of worker, hog)
+    + 21 page cache. touch(100) needs 5 dentry + 15 inode pages: the first grow reclaims the 21
+    cache pages. The second touch(100) finds 1 page free, nothing to reclaim: after the retries the OOM
     killer kills hog (120 pages, the bulkiest), and the touch completes (5 dentry pages and
     14 inode pages, since the 15th inode slab still had 5 free objects)."""
     e = make_engine()
@@ -59,15 +59,15 @@ def test_dependent_mode_reclaim_then_oom():
     hog, _ = e.spawn(job)
     e.charge_user(job, "anon", 100 * PAGE, task=worker)
     e.charge_user(job, "anon", 120 * PAGE, task=hog)
-    e.charge_user(job, "file", 22 * PAGE)
+    e.charge_user(job, "file", 21 * PAGE)
     assert job.res.usage == 256 * PAGE and job.kmem.usage == FIRST_SPAWN_BYTES
     e.set_limit(job, 1024 * 1024)
 
     r = e.touch(job, 100, task=worker)
     assert r.ok and r.done == 100
-    assert [f["pages"] for _, f in events(e, "reclaim")] == [22]
+    assert [f["pages"] for _, f in events(e, "reclaim")] == [21]
     assert job.cache_bytes == 0
-    assert job.kmem.usage == (14 + 20) * PAGE and job.res.usage == 254 * PAGE
+    assert job.kmem.usage == (15 + 20) * PAGE and job.res.usage == 255 * PAGE
 
     r = e.touch(job, 100, task=worker)
     assert r.ok and r.done == 100
@@ -75,8 +75,8 @@ def test_dependent_mode_reclaim_then_oom():
     assert [(f["pid"], f["rss"]) for _, f in kills] == [(hog.pid, 120 * PAGE)]
     assert hog.pid not in e.tasks and worker.pid in e.tasks
     # 5 more dentry pages; 100 more inodes: 5 fill the 15th inode slab, 95 need 14 more
-    assert job.kmem.usage == (14 + 20 + 19) * PAGE
-    assert job.res.usage == (53 + 100) * PAGE
+    assert job.kmem.usage == (15 + 20 + 19) * PAGE
+    assert job.res.usage == (54 + 100) * PAGE
     assert job.res.failcnt >= 2 and job.kmem.failcnt == 0
     s = stat(e, job)
     assert s["rss"] == 100 * PAGE and s["cache"] == 0 and s["kernel_bypassed_memory"] == 0

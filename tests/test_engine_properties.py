@@ -34,10 +34,11 @@ def near(usage, d):
 
 class EngineMachine(RuleBasedStateMachine):
     @initialize(acct_root=st.booleans(), swap=st.booleans(), nr_cpus=st.sampled_from([1, 2]),
-                batch=st.sampled_from([0, 0, 32]), boot=st.booleans())
-    def setup(self, acct_root, swap, nr_cpus, batch, boot):
+                batch=st.sampled_from([0, 0, 32]), boot=st.booleans(),
+                arrays=st.sampled_from([True, True, False]))
+    def setup(self, acct_root, swap, nr_cpus, batch, boot, arrays):
         self.e = make_engine(acct_root=acct_root, swap_account=swap, nr_cpus=nr_cpus,
-                             charge_batch=batch, boot_slabs=boot)
+                             charge_batch=batch, boot_slabs=boot, array_caches=arrays)
         self.next_host_pid = 100
 
     # ------------------------------------------------------------------ helpers
@@ -216,6 +217,17 @@ class EngineMachine(RuleBasedStateMachine):
     @rule()
     def reap(self):
         self.e.reap()
+        for c in self.e.caches:     # "until nothing changes": no array entry, no empty slab
+            assert not c.free and not c.shared_avail and not any(a.avail for a in c.arrays)
+
+    @rule()
+    def cache_reap(self):
+        self.e.cache_reap()
+
+    @rule(cpu=st.integers(0, 3))
+    def switch_cpu(self, cpu):
+        """Later operations run on another CPU (its own array cache)."""
+        self.e.cpu = cpu % self.e.config.nr_cpus
 
     @rule()
     def run_workqueue(self):
@@ -295,15 +307,16 @@ TestEngineMachine = EngineMachine.TestCase
 # ---------------------------------------------------------------------- bulk == singles
 
 def _snapshot(e, a, done):
-    caches = [(c.name, c.nr_slabs, c.active_objs, c.free_objects, len(c.free))
+    caches = [(c.name, c.nr_slabs, c.active_objs, c.free_objects, len(c.free),
+               [a.avail for a in c.arrays], c.shared_avail)
               for c in e.caches_newest_first()]
     counters = [(x.usage, x.max_usage, x.failcnt) for x in (a.kmem, a.res, a.memsw)]
     return (done, caches, counters, a.cache_bytes, a.rss_bytes, sorted(e.tasks),
             e.root.kmem.usage, a.kmem_bypassed, len(e.create_queue))
 
 
-def _setup(mode, limit_pages, warm, acct_root, cache, victims):
-    e = make_engine(acct_root=acct_root)
+def _setup(mode, limit_pages, warm, acct_root, cache, victims, arrays=False):
+    e = make_engine(acct_root=acct_root, array_caches=arrays)
     a = e.mkdir(e.root, "a")
     for k in range(victims):                           # OOM victims with some anon
         e.charge_user(a, "anon", (k + 2) * PAGE, task=e.attach(a, 100 + k))
@@ -329,17 +342,18 @@ def _setup(mode, limit_pages, warm, acct_root, cache, victims):
 @given(cache=st.sampled_from(CACHES), n=st.integers(min_value=1, max_value=300),
        gfp=st.sampled_from(GFPS), mode=st.sampled_from(["none", "independent", "dependent"]),
        limit_pages=st.integers(min_value=0, max_value=20), warm=st.booleans(),
-       acct_root=st.booleans(), victims=st.integers(0, 2))
+       acct_root=st.booleans(), victims=st.integers(0, 2), arrays=st.booleans())
 def test_bulk_alloc_equals_single_allocs(cache, n, gfp, mode, limit_pages, warm, acct_root,
-                                         victims):
+                                         victims, arrays):
     """spec 2.1: charges follow slab grows only, so allocating N objects in one call leaves the
     same counters and slab state as N calls of one (stopping at the first failure), including
-    reclaim and OOM kills at the limit."""
-    e1, a1 = _setup(mode, limit_pages, warm, acct_root, cache, victims)
+    reclaim and OOM kills at the limit, with or without SLAB's array caches (mm/slab.c
+    ____cache_alloc / cache_alloc_refill)."""
+    e1, a1 = _setup(mode, limit_pages, warm, acct_root, cache, victims, arrays)
     r = e1.alloc(e1.cache(cache), n, a1, gfp)
     bulk = _snapshot(e1, a1, r.done)
 
-    e2, a2 = _setup(mode, limit_pages, warm, acct_root, cache, victims)
+    e2, a2 = _setup(mode, limit_pages, warm, acct_root, cache, victims, arrays)
     done = 0
     for _ in range(n):
         r2 = e2.alloc(e2.cache(cache), 1, a2, gfp)

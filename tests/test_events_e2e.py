@@ -65,7 +65,8 @@ def test_oom_notification_on_kill_and_on_sleep(mnt, registered):
     """spec 8.1 oom_control: listeners hear every memcg OOM, a kill or a sleeping charge."""
     os.mkdir(mnt.p("a"))
     efd = registered("a", "memory.oom_control")
-    sh(f"echo 64K > {mnt.p('a', 'memory.limit_in_bytes')}", check=True)
+    # 17 pages: a fork's 15 (with signal_cache's off-slab descriptor) + 2 of anon fit
+    sh(f"echo 68K > {mnt.p('a', 'memory.limit_in_bytes')}", check=True)
     pid = sh(f"exec 3<>{mnt.p('.kmemfs/ctl')}; echo 'spawn cg=/a' >&3; cat <&3").stdout
     pid = pid.split("pid=")[1].split()[0]
     ctl(mnt, f"charge anon 8K task={pid}")

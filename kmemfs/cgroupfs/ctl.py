@@ -4,9 +4,11 @@
     kmalloc SIZE [COUNT] [gfp=FLAGS] [irq=1]    kfree SIZE [COUNT]
     charge anon|file BYTES                      uncharge anon|file BYTES
     spawn                                       exit PID
-    touch COUNT      unlink COUNT      drop_caches      reap      workqueue      check
+    touch COUNT      unlink COUNT      drop_caches      reap      cache_reap      workqueue
+    check
 
-Any command may end with `task=PID` (act as that task) and/or `cg=PATH` (charge that cgroup).
+Any command may end with `task=PID` (act as that task) and/or `cg=PATH` (charge that cgroup),
+and `cpu=N` (run on CPU N of nr_cpus: its SLAB array caches; CPU 0 otherwise).
 Without them the writer is the acting task: its pid, or the nearest ancestor process that is
 in some cgroup's `tasks`, else the root cgroup.
 """
@@ -18,7 +20,7 @@ from ..engine.gfp import GFP_KERNEL, gfp_name
 from . import parse
 
 MAX_LINE = 4096
-OPTIONS = {"task", "cg", "gfp", "irq"}
+OPTIONS = {"task", "cg", "gfp", "irq", "cpu"}
 ERRNAME = {errno.EINVAL: "EINVAL", errno.ENOENT: "ENOENT", errno.ESRCH: "ESRCH",
            errno.ENOMEM: "ENOMEM", errno.E2BIG: "E2BIG", errno.EINTR: "EINTR",
            errno.ENOSPC: "ENOSPC", errno.ENODEV: "ENODEV", errno.EBUSY: "EBUSY",
@@ -59,7 +61,7 @@ def parse_line(line: str) -> Command:
     lo, hi, allowed = COMMANDS[verb][1:]
     if not lo <= len(args) <= hi:
         raise bad(f"{verb}: wrong number of arguments")
-    extra = set(opts) - allowed - {"task", "cg"}
+    extra = set(opts) - allowed - {"task", "cg", "cpu"}
     if extra:
         raise bad(f"{verb} takes no {', '.join(sorted(extra))}=")
     return Command(verb, args, opts, line.strip())
@@ -149,7 +151,29 @@ class Executor:
     def run(self, cmd: Command, req) -> str:
         self.fs.prune_tasks()
         fn = COMMANDS[cmd.verb][0]
-        return fn(self, cmd, self.actor(cmd, req))
+        cpu = self._cpu(cmd)
+        return self._on_cpu(cpu, lambda: fn(self, cmd, self.actor(cmd, req)))
+
+    def _cpu(self, cmd) -> int:
+        if "cpu" not in cmd.opts:
+            return 0
+        n = number(cmd.opts["cpu"], "cpu")
+        if n >= self.engine.config.nr_cpus:
+            raise bad(f"cpu={n}: the model has nr_cpus={self.engine.config.nr_cpus}")
+        return n
+
+    def _on_cpu(self, cpu: int, fn):
+        """Run fn with the engine on `cpu`; a retry after an OOM sleep runs there too."""
+        e = self.engine
+        e.cpu = cpu
+        try:
+            return fn()
+        except Blocked as b:
+            retry = b.retry
+            b.retry = lambda: self._on_cpu(cpu, retry)
+            raise
+        finally:
+            e.cpu = 0
 
     def _gfp(self, cmd):
         return parse_gfp(cmd.opts["gfp"]) if "gfp" in cmd.opts else GFP_KERNEL
@@ -281,6 +305,9 @@ class Executor:
     def cmd_reap(self, cmd, a):
         return f"ok reap slabs={self.engine.reap()}"
 
+    def cmd_cache_reap(self, cmd, a):
+        return f"ok cache_reap slabs={self.engine.cache_reap()}"
+
     def cmd_workqueue(self, cmd, a):
         made = self.engine.run_workqueue()
         return f"ok workqueue created={len(made)}" + "".join(f" {c.name}" for c in made)
@@ -306,6 +333,7 @@ COMMANDS = {
     "unlink": (Executor.cmd_unlink, 1, 1, set()),
     "drop_caches": (Executor.cmd_drop_caches, 0, 0, set()),
     "reap": (Executor.cmd_reap, 0, 0, set()),
+    "cache_reap": (Executor.cmd_cache_reap, 0, 0, set()),
     "workqueue": (Executor.cmd_workqueue, 0, 0, set()),
     "check": (Executor.cmd_check, 0, 0, set()),
 }

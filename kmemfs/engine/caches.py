@@ -7,14 +7,19 @@ from .errors import EngineError
 from .gfp import GFP_KERNEL, Gfp
 from .memcg import Memcg
 from .result import OK, OOM_DIE, WAIT, Result
+from .catalogue import enable_cpucache, off_slab
 from .slab import KmemCache, Owner
 
 # Plain int: `gfp & (Gfp.A | Gfp.B)` builds IntFlag members on every allocation, which was
 # half the cost of a 1-object alloc+free (scripts/bench_engine.py).
 _NO_COPY = int(Gfp.NOACCOUNT | Gfp.NOFAIL)
+# cache_grow's local_flags: GFP_RECLAIM_MASK bits of the caller, plus 05/10's NOACCOUNT carry.
+_MGMT_GFP = int(Gfp.WAIT | Gfp.HIGH | Gfp.IO | Gfp.FS | Gfp.NOFAIL | Gfp.NORETRY | Gfp.NOACCOUNT)
 
 
 class CacheOps:
+    cpu = 0     # the CPU the current operation runs on (docs/semantics.md §4a)
+
     # ------------------------------------------------------------------ caches
     def kmem_cache_create(self, spec) -> KmemCache:
         if spec.name in self.originals:
@@ -24,16 +29,25 @@ class CacheOps:
             raise EngineError(errno.ENOSPC, f"more than MAX_KMEM_CACHE_TYPES="
                               f"{self.config.max_kmem_cache_types} caches")
         cid = self.free_ids.pop(0)  # the lowest free bit
-        c = KmemCache(spec.name, spec.objsize, spec.objperslab, spec.pagesperslab, spec.limit,
-                      spec.batchcount, spec.shared, self.config.nr_cpus, id=cid)
+        cfg = self.config
+        limit, batch, shared = spec.limit, spec.batchcount, spec.shared
+        if spec.derived:            # a SLUB row: the tunables 3.3's enable_cpucache would pick
+            limit, batch, shared = enable_cpucache(spec.objsize, cfg.nr_cpus, cfg.page_size)
+        off, slab_size = off_slab(spec.name, spec.objsize, spec.objperslab, spec.pagesperslab,
+                                  cfg.page_size)
+        c = KmemCache(spec.name, spec.objsize, spec.objperslab, spec.pagesperslab, limit,
+                      batch, shared, cfg.nr_cpus, id=cid, arrays=cfg.array_caches,
+                      off_slab=off, slab_size=slab_size)
         self.originals[c.name] = c
         self._add_cache(c)
-        if self.config.boot_slabs and spec.num_slabs:
+        if cfg.boot_slabs and spec.num_slabs:
             self._boot_fill(c, spec)
         return c
 
     def _boot_fill(self, c: KmemCache, spec) -> None:
-        """Rebuild the dump's slab state: active objects spread over active slabs."""
+        """Rebuild the dump's slab state: active objects spread over active slabs, held by
+        the boot owner (arrays start empty). Boot slabs' off-slab descriptors are not
+        modelled: they were allocated before any memcg existed."""
         active, aslabs = spec.active_objs, spec.active_slabs
         if aslabs and active < aslabs:
             aslabs = active
@@ -41,16 +55,17 @@ class CacheOps:
         c.holders[self.boot] = None
         for i in range(spec.num_slabs):
             slab = c.add_slab()
+            if c.off_slab:
+                slab.mgmt = ()
             if self.config.acct_root:
                 self.pre_memcg_kmem_bytes += c.pages * self.page
             n = active // aslabs + (i < active % aslabs) if i < aslabs else 0
-            slab.inuse = n
             if n:
+                del c.free[slab]
+                slab.inuse = n
                 runs.append([slab, n, 0])
-            if n == 0:
-                c.free[slab] = None
-            elif n < c.num:
-                c.partial[slab] = None
+                if n < c.num:
+                    c.partial[slab] = None
         c.active_objs = active
         c.free_objects = spec.num_slabs * c.num - active
         if not runs:
@@ -81,7 +96,8 @@ class CacheOps:
         """patch 05/10: `orig(basename)`, same geometry and tunables, SLAB_MEMCG, list head."""
         c = KmemCache(f"{orig.name}({memcg.name})", orig.objsize, orig.num, orig.pages,
                       orig.limit, orig.batchcount, orig.shared, self.config.nr_cpus,
-                      memcg=memcg, orig=orig)
+                      memcg=memcg, orig=orig, arrays=self.config.array_caches,
+                      off_slab=orig.off_slab, slab_size=orig.slab_size)
         memcg.slabs[orig.id] = c
         orig.children.append(c)
         self._add_cache(c)
@@ -120,25 +136,62 @@ class CacheOps:
         self.emit("cache_destroy", cache=c.name)
 
     # ------------------------------------------------------------------ slab pages
-    def _grow(self, cache: KmemCache, gfp: Gfp, current, res: Result):
-        """cache_grow -> kmem_getpages: charge first, then the page (spec 2.1)."""
+    def _grow(self, cache: KmemCache, gfp: Gfp, current, res: Result, memcg=None,
+              irq: bool = False):
+        """cache_grow -> kmem_getpages: charge first, then the page (spec 2.1); an off-slab
+        cache then allocates the slab descriptor (alloc_slabmgmt), a failure of which gives
+        the pages back (opps1: kmem_freepages)."""
         def grow():
             r = self.memcg_charge_kmem(cache.memcg, gfp, cache.pages * self.page, current)
-            if r == OK:
-                return cache.add_slab()
-            if r == WAIT:
-                res.status, res.wait_on = "wait", self._waiting
-            elif r == OOM_DIE:
-                res.status = "killed"
-            else:
-                res.status = "nomem"
-            return None
+            if r != OK:
+                if r == WAIT:
+                    res.status, res.wait_on = "wait", self._waiting
+                elif r == OOM_DIE:
+                    res.status = "killed"
+                else:
+                    res.status = "nomem"
+                return None
+            mgmt = None
+            if cache.off_slab:
+                mgmt = self._alloc_slabmgmt(cache, gfp, current, res, memcg, irq)
+                if mgmt is None:
+                    self.memcg_uncharge_kmem(cache.memcg, cache.pages * self.page)
+                    return None
+            slab = cache.add_slab()
+            slab.mgmt = mgmt
+            return slab
         return grow
+
+    def _alloc_slabmgmt(self, cache, gfp, current, res, memcg, irq):
+        """alloc_slabmgmt: kmem_cache_alloc(cachep->slabp_cache) with cache_grow's
+        local_flags (the reclaim bits, and 05/10 carries __GFP_NOACCOUNT), which 05/10's
+        mem_cgroup_get_kmem_cache sends to the *current task's* copy of that size-N cache.
+        Returns (cache, slab) of the descriptor, or None. No size-N cache big enough in the
+        catalogue (a SLUB dump): the descriptor is not modelled."""
+        orig = self._slabp_cache(cache)
+        if orig is None:
+            return ()
+        mgfp = Gfp(int(gfp) & _MGMT_GFP)
+        mcache = self._select_cache(orig, memcg, mgfp, irq)
+        slab = mcache.alloc_one(self._grow(mcache, mgfp, current, res, memcg, irq), self.cpu)
+        return None if slab is None else (mcache, slab)
+
+    def _slabp_cache(self, cache):
+        """kmem_find_general_cachep(slab_size, 0), looked up once per original."""
+        root = cache.root
+        if root.slabp_cache is None:
+            fits = [c for size, c in self.kmalloc if size >= cache.slab_size]
+            root.slabp_cache = fits[0] if fits else ()
+        return root.slabp_cache or None
 
     def _slab_freed(self, cache: KmemCache):
         def destroy(slab):
             # kmem_freepages: the cache's memcg pays back, not the freeing task's (spec 2.1).
             self.memcg_uncharge_kmem(cache.memcg, cache.pages * self.page)
+            if slab.mgmt:   # slab_destroy: then kmem_cache_free(slabp_cache, slabp)
+                mcache, mslab = slab.mgmt
+                mcache.put([(mslab, 1)], self._slab_freed(mcache), self.cpu)
+                self._after_free(mcache)
         return destroy
 
     def _after_free(self, cache: KmemCache) -> None:
@@ -156,13 +209,13 @@ class CacheOps:
         self.alloc_seq += 1
         self._waiting = None
         res.done = cache.alloc(count, owner, self.alloc_seq,
-                               self._grow(cache, gfp, task, res))
+                               self._grow(cache, gfp, task, res, memcg, irq), self.cpu)
         if task is not None and owner is task.objs and task.pid not in self.tasks:
             self.free_owner(owner)   # OOM-killed during this call: its exit frees these too
         return res
 
     def free(self, cache: KmemCache, owner: Owner, count: int) -> int:
-        n = cache.free_objs(owner, count, self._slab_freed(cache))
+        n = cache.free_objs(owner, count, self._slab_freed(cache), self.cpu)
         self._after_free(cache)
         return n
 
@@ -194,10 +247,26 @@ class CacheOps:
         return n
 
     def reap(self) -> int:
-        """Destroy every empty slab of every cache (and so dead caches left with none)."""
-        n = 0
-        for cache in list(self.caches):
-            if cache.free:
-                n += cache.reap(self._slab_freed(cache))
-            self._after_free(cache)
+        """As if cache_reap had run until nothing changes: every array drained, then every
+        empty slab destroyed (and so dead caches left with none). Returns slabs destroyed."""
+        n, changed = 0, True
+        while changed:      # a destroyed off-slab slab frees its descriptor into another cache
+            changed = False
+            for cache in list(self.caches):
+                if cache.destroyed:
+                    continue
+                if cache.free or cache.shared_avail or any(ac.avail for ac in cache.arrays):
+                    n += cache.shrink(self._slab_freed(cache))
+                    changed = True
+                self._after_free(cache)
         return n
+
+    def cache_reap(self) -> int:
+        """One pass of mm/slab.c cache_reap over the cache chain (newest first) on every CPU.
+        Returns slabs destroyed."""
+        before = sum(c.nr_slabs for c in self.caches)
+        for cache in list(self.caches_newest_first()):
+            if not cache.destroyed:
+                cache.cache_reap(self._slab_freed(cache))
+                self._after_free(cache)
+        return before - sum(c.nr_slabs for c in self.caches)

@@ -10,9 +10,21 @@ def check(engine) -> list:
     page = engine.page
     live = list(engine.root.walk())
     pages_of = {}
+    descriptors = {}     # cache -> {slab: off-slab descriptors it holds} (alloc_slabmgmt)
+    for c in engine.caches:
+        for slab in _slabs(c):
+            if slab.mgmt:
+                mcache, mslab = slab.mgmt
+                held = descriptors.setdefault(mcache, {})
+                held[mslab] = held.get(mslab, 0) + 1
+                if mcache.destroyed or mcache.root is not c.root.slabp_cache:
+                    bad.append(f"{c.name}: slab descriptor in {mcache.name}, not in a copy of "
+                               f"its slabp_cache")
+            elif c.off_slab and slab.mgmt is None:   # () marks one not modelled (boot, SLUB)
+                bad.append(f"{c.name}: off-slab slab without a descriptor")
     for c in engine.caches:
         pages_of[c] = c.nr_slabs * c.pages * page
-        bad += _check_cache(c)
+        bad += _check_cache(c, descriptors.get(c, {}))
         if c.is_copy and not c.dead and c.memcg.slabs.get(c.orig.id) is not c:
             bad.append(f"{c.name}: live copy not in its memcg's slabs[]")
         if c.dead and c.nr_slabs == 0:
@@ -68,7 +80,21 @@ def check(engine) -> list:
     return bad
 
 
-def _check_cache(c) -> list:
+def _slabs(c):
+    """Every slab of a cache: those holding objects anywhere, and the free list."""
+    found = dict.fromkeys(c.free)
+    for owner in c.holders:
+        for run in owner.runs.get(c, ()):
+            found[run[0]] = None
+    for ac in [*c.arrays, c.shared_array]:
+        if ac is not None:
+            for run in ac.runs:
+                found[run[0]] = None
+    found.update(dict.fromkeys(c.partial))
+    return found
+
+
+def _check_cache(c, descriptors) -> list:
     bad = []
     seen = {}
     for owner in c.holders:
@@ -80,19 +106,37 @@ def _check_cache(c) -> list:
             if n <= 0:
                 bad.append(f"{c.name}: empty run")
             seen[slab] = seen.get(slab, 0) + n
+    in_arrays = 0
+    for ac in [*c.arrays, c.shared_array]:
+        if ac is None:
+            continue
+        total = 0
+        for slab, n in ac.runs:
+            if n <= 0:
+                bad.append(f"{c.name}: empty array run")
+            seen[slab] = seen.get(slab, 0) + n
+            total += n
+        if total != ac.avail or ac.avail > ac.limit:
+            bad.append(f"{c.name}: array avail {ac.avail} (limit {ac.limit}) != entries {total}")
+        in_arrays += total
+    for slab, n in descriptors.items():
+        seen[slab] = seen.get(slab, 0) + n
     for slab, n in seen.items():
         if slab.inuse != n:
             bad.append(f"{c.name}: slab inuse {slab.inuse} != objects held {n}")
-        if slab in c.free:
+        if n and slab in c.free:
             bad.append(f"{c.name}: a slab with objects is on the free list")
+        if 0 < n < c.num and slab not in c.partial:
+            bad.append(f"{c.name}: partial slab not on the partial list")
     for slab in c.partial:
         if not 0 < slab.inuse < c.num:
             bad.append(f"{c.name}: partial slab with {slab.inuse}/{c.num} objects")
     for slab in c.free:
         if slab.inuse:
             bad.append(f"{c.name}: free slab in use")
-    if len(seen) + len(c.free) != c.nr_slabs:
-        bad.append(f"{c.name}: {len(seen)} used + {len(c.free)} free slabs != {c.nr_slabs}")
+    used = sum(1 for n in seen.values() if n)
+    if used + len(c.free) != c.nr_slabs:
+        bad.append(f"{c.name}: {used} used + {len(c.free)} free slabs != {c.nr_slabs}")
     active = sum(seen.values())
     if active != c.active_objs or c.nr_slabs * c.num - active != c.free_objects:
         bad.append(f"{c.name}: object counts inconsistent")

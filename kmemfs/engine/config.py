@@ -11,8 +11,11 @@ class Config:
     # CONFIG_CGROUP_MEM_RES_CTLR_SWAP with swapaccount=1: the memsw counters and files.
     swap_account: bool = True
     page_size: int = 4096
-    # Feeds SLAB's free_limit = (1 + nr_cpus) * batchcount + num.
+    # Feeds SLAB's free_limit = (1 + nr_cpus) * batchcount + num; one array cache per CPU.
     nr_cpus: int = 1
+    # SLAB's per-CPU array caches and shared array (mm/slab.c array_cache), on as in 3.3.
+    # `noarray_caches`: frees reach the slabs at once (the simple model).
+    array_caches: bool = True
     # Per-CPU charge stock (CHARGE_BATCH, 32 pages in 3.3). 0 keeps counters exact.
     charge_batch: int = 0
     # Populate the original caches with the catalogue's own object counts, as a booted machine has.

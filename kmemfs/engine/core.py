@@ -49,8 +49,9 @@ class Engine(CacheOps, ChargePath, TreeOps, TaskOps):
         self.cache_serial = 0
         for spec in reversed(specs if specs is not None else _catalogue.load()):
             self.kmem_cache_create(spec)
-        self.kmalloc = sorted((c.objsize, c) for c in self.originals.values()
-                              if c.name.startswith("size-") and not c.name.endswith("(DMA)"))
+        self.kmalloc = sorted((c.objsize, c.id, c) for c in self.originals.values()
+                              if _catalogue.is_general(c.name))
+        self.kmalloc = [(size, c) for size, _, c in self.kmalloc]
         self.root = Memcg("", None, id=1, swappiness=config.vm_swappiness)
         self.nr_memcgs = 1
         self.last_memcg_id = 1                # ids are never reused: inode numbers derive from them

@@ -100,7 +100,7 @@ class TaskOps:
         while res.done < count:
             dc = self._select_cache(dentry, memcg, gfp, False)
             ic = self._select_cache(inode, memcg, gfp, False)
-            k = max(1, min(dc.free_objects, ic.free_objects, count - res.done))
+            k = max(1, min(dc.spare(self.cpu), ic.spare(self.cpu), count - res.done))
             d = self.alloc(dentry, k, memcg, gfp, task=task, owner=memcg.dcache)
             i = self.alloc(inode, d.done, memcg, gfp, task=task, owner=memcg.dcache)
             if i.done < d.done:

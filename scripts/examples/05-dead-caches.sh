@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # rmdir leaves `...dead` caches (spec 4.1, 3.5): the cgroup's copies are renamed
 # orig(name)dead, detached, and destroyed once they hold no slab pages. Dentries outlive the
-# cgroup until drop_caches frees them; SLAB keeps empty slabs (up to free_limit) until reaped.
+# cgroup until drop_caches frees them; SLAB keeps freed objects in its array caches and empty
+# slabs (up to free_limit) until reaped.
 . "$(dirname "$0")/lib.sh" "$@"
 fresh t
 ctl touch 100 cg=/t
@@ -11,7 +12,7 @@ say "after rmdir: root's memory.kmem.slabinfo lists the dead copies"
 grep 'dead' $MP/memory.kmem.slabinfo
 echo "dead_after_rmdir=$(grep -c '(t)dead' $MP/memory.kmem.slabinfo)"
 
-say "drop_caches frees the dentries and inodes; empty slabs linger on the free lists"
+say "drop_caches frees the dentries and inodes; they linger in the array caches and empty slabs on the free lists"
 ctl drop_caches
 grep '(t)dead' $MP/memory.kmem.slabinfo || true
 echo "dead_after_drop=$(grep -c '(t)dead' $MP/memory.kmem.slabinfo || true)"

@@ -12,7 +12,7 @@ echo "kmem_after_noaccount=$(cat $CG/memory.kmem.usage_in_bytes)"
 say "fill the cgroup: a task with anonymous memory up to the limit"
 echo 256K > $CG/memory.limit_in_bytes
 pid=$(ctl spawn cg=/n | sed 's/.*pid=\([0-9]*\).*/\1/')
-ctl alloc size-64 1 cg=/n                         # creates size-64(n): one slab
+ctl alloc size-64 1 cg=/n     # size-64(n) exists: the spawn took signal_cache's off-slab descriptor
 room=$(( 262144 - $(cat $CG/memory.usage_in_bytes) ))
 ctl charge anon $room task=$pid
 echo "usage_full=$(cat $CG/memory.usage_in_bytes)"
