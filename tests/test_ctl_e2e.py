@@ -477,16 +477,19 @@ def test_events_of_every_kind(tm):
     # oom_kill with nothing to kill
     fails(tm, "charge anon 64K cg=/o", errno.ENOMEM)
     assert kinds(tm, "oom_kill")[-1] == {"cgroup": "/o", "pid": "0", "victim": "none"}
-    # bypass: the current task is OOM-killed inside a kmem charge (patch 07/10)
+    # bypass: the current task is OOM-killed inside a kmem charge; 3.3's try_charge leaves
+    # through `bypass:` with -EINTR, so the allocation fails (3.3.8 __mem_cgroup_try_charge)
     os.mkdir(tm.p("p"))
     sh(f"echo 64K > {tm.p('p', 'memory.limit_in_bytes')}", check=True)
     pid = int(re.search(r"pid=(\d+)", ok(tm, "spawn cg=/p")).group(1))
     ok(tm, f"charge anon 8K task={pid}")                                    # 16 pages: full
-    assert ok(tm, f"alloc dentry 20 task={pid}") == \
-        "ok alloc cache=dentry(p) count=20 cgroup=/p gfp=GFP_KERNEL"
-    assert kinds(tm, "bypass") == [{"cgroup": "/p", "bytes": "4096"}]
+    assert "(the acting task was OOM-killed)" in fails(tm, f"alloc dentry 20 task={pid}",
+                                                       errno.ENOMEM)
+    # (/o's anon charge that OOM-killed its own task left through bypass: too)
+    assert kinds(tm, "bypass") == [{"cgroup": "/o", "bytes": "4096"},
+                                   {"cgroup": "/p", "bytes": "4096"}]
     st = dict(l.split() for l in read(tm.p("p", "memory.stat")).splitlines())
-    assert st["kernel_bypassed_memory"] == "4096"
+    assert st["kernel_bypassed_memory"] == "0"
     # uncharge_underflow: charged while independent, uncharged while dependent (spec 1.4)
     os.mkdir(tm.p("u"))
     sh(f"echo 1 > {tm.p('u', 'memory.kmem.independent_kmem_limit')}", check=True)

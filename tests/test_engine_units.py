@@ -10,6 +10,7 @@ from kmemfs.engine import (GFP_ATOMIC, GFP_KERNEL, GFP_NOFS, GFP_NOIO, GFP_NOWAI
 from kmemfs.engine import render
 from kmemfs.engine.tasks import FORK_RECIPE
 from kmemfs.engine.res_counter import ResCounter
+from kmemfs.engine.result import OOM_DIE
 
 from engine_helpers import (BOOT_BYTES, CATALOGUE, FIRST_SPAWN_BYTES, HEADER, PAGE, events,
                             free_limit, make_engine, row, slab_bytes)
@@ -684,52 +685,61 @@ def test_under_oom_marks_hierarchical_subtree(e):
     assert (p.under_oom, c.under_oom) == (0, 0)
 
 
-# ============================================================== bypass (spec 2.2 c, 2.3, 2.7)
+# ============================================================== bypass (spec 2.2 c, 2.7; issue 10 items 2-3)
 
-def test_bypass_when_oom_kills_current(e):
-    """spec 2.2 step 2c / 2.7: the OOM killer picks the allocating task: the charge bypasses,
-    the bytes go to the kmem_bypassed ledger, a `bypass` event fires, nothing is charged."""
+def test_bypass_is_a_failure_on_3_3(e):
+    """3.3.8 mm/memcontrol.c __mem_cgroup_try_charge: an OOM kill of the charger leaves
+    through `bypass:` with -EINTR ("[PATCH v3] memcg: return -EINTR at bypassing
+    try_charge()", Kamezawa, 21 Dec 2011, merged for 3.3); 01/10's memcg_charge_kmem returns
+    -ENOMEM for any non-zero return (diff in "[PATCH 07/10] memcg: Stop res_counter
+    underflows.", 27 Feb 2012), so the slab does not grow and 07/10's ledger never books:
+    kernel_bypassed_memory reads 0. The spec's 2.2 step 2c (success with no memcg) is not
+    what this base does."""
     a, (t,) = _dependent_at_limit(e, tasks=(8,))
+    usage, kmem = a.res.usage, a.kmem.usage
     seq = e.event_seq
     r = e.alloc(e.cache("dentry"), 1, a, task=t)
-    assert r.ok and r.done == 1
+    assert r.status == "killed" and r.done == 0
     assert t.pid not in e.tasks
-    assert a.kmem_bypassed == PAGE and a.kmem.usage == PAGE and a.res.usage == PAGE
+    assert a.kmem_bypassed == 0 and a.kmem.usage == kmem
+    assert a.res.usage == usage - 8 * PAGE           # only the victim's rss went
     kinds = [k for k, _ in events(e, since=seq)]
     assert kinds.index("oom_kill") < kinds.index("bypass")
     assert events(e, "bypass", seq) == [("bypass", {"cgroup": "/a", "bytes": PAGE})]
-    assert "kernel_bypassed_memory 4096\n" in render.memory_stat(e, a)
+    assert "kernel_bypassed_memory 0\n" in render.memory_stat(e, a)
 
 
-def test_bypass_ledger_absorbs_next_uncharges(e):
-    """spec 2.3 / 2.9 f: later uncharges of that memcg are absorbed by the ledger first, even
-    when the slab freed was a normally charged one."""
-    a, (t,) = _dependent_at_limit(e, tasks=(8,))
-    e.alloc(e.cache("dentry"), 1, a, task=t)            # bypassed slab S2 (1 object)
-    assert (a.kmem.usage, a.kmem_bypassed) == (PAGE, PAGE)
-    e.alloc(e.cache("dentry"), 21, a)                   # fills S2, grows charged S3
-    assert (a.kmem.usage, a.res.usage) == (2 * PAGE, 2 * PAGE)
-    e.free_named("dentry", 2, a)                        # S3 empty
-    e.reap()                                            # S3's uncharge is absorbed
-    assert (a.kmem.usage, a.res.usage, a.kmem_bypassed) == (2 * PAGE, 2 * PAGE, 0)
-    e.free_named("dentry", 40, a)
-    e.reap()
-    assert (a.kmem.usage, a.res.usage) == (0, 0)
-    assert not events(e, "uncharge_underflow")
-
-
-def test_bypass_with_acct_root_goes_to_root():
-    """spec 2.2 step 4 / 2.8: with ACCT_ROOT a bypassed charge is charged to root's kmem, and
-    the absorbed uncharge comes off root's kmem."""
+def test_bypass_with_acct_root_charges_nothing():
+    """3.3.8 __mem_cgroup_try_charge `bypass:` (-EINTR) + 01/10 + 08/10: the failed charge
+    books nothing anywhere, root's kmem included (08/10 only pays for charges that
+    succeed with no memcg)."""
     e = make_engine(acct_root=True)
     a, (t,) = _dependent_at_limit(e, tasks=(8,))
-    e.alloc(e.cache("dentry"), 1, a, task=t)
-    assert e.root.kmem.usage == PAGE and a.kmem_bypassed == PAGE
-    e.alloc(e.cache("dentry"), 19, a)
-    e.free_named("dentry", 20, a)
-    e.reap()
-    assert e.root.kmem.usage == 0 and a.kmem_bypassed == 0 and a.kmem.usage == PAGE
+    before = e.root.kmem.usage
+    assert e.alloc(e.cache("dentry"), 1, a, task=t).status == "killed"
+    assert e.root.kmem.usage == before and a.kmem_bypassed == 0
     assert check(e) == []
+
+
+def test_dying_task_bypasses_at_the_top_of_try_charge(e):
+    """3.3.8 mm/memcontrol.c __mem_cgroup_try_charge: `if (unlikely(test_thread_flag(TIF_MEMDIE)
+    || fatal_signal_pending(current))) goto bypass;` comes first, before the root check:
+    the OOM victim's later charges neither charge nor reclaim nor start a second OOM round
+    (no `victim=none`)."""
+    a, (t,) = _dependent_at_limit(e, tasks=(8,))
+    seq = e.event_seq
+    r = e.alloc(e.cache("dentry"), 41, a, task=t)          # would need 3 grows
+    assert r.status == "killed" and r.done == 0
+    assert len(events(e, "oom_kill", seq)) == 1
+    assert t.memdie
+    failcnt = a.res.failcnt
+    seq = e.event_seq
+    assert e.try_charge(a, GFP_KERNEL, 1, True, t) == OOM_DIE
+    assert e.try_charge(e.root, GFP_KERNEL, 1, True, t) == OOM_DIE
+    assert a.res.failcnt == failcnt
+    assert e.charge_user(a, "anon", PAGE, task=t).status == "killed"
+    assert a.rss_bytes == 0 and a.res.failcnt == failcnt
+    assert [k for k, _ in events(e, since=seq)] == ["bypass"] * 3
 
 
 # ============================================================== rmdir and dead caches (4.1, 3.5)
@@ -934,8 +944,10 @@ def test_memory_stat_values_and_totals(e):
     assert stat["total_pgfault"] == "3" and stat["total_cache"] == str(2 * PAGE)
 
 
-def test_total_kernel_bypassed_memory_sums_subtree(e):
-    """spec 1.5 / 2.7: total_kernel_bypassed_memory is the subtree sum."""
+def test_total_kernel_bypassed_memory_reads_0_on_3_3(e):
+    """07/10 adds kernel_bypassed_memory / total_kernel_bypassed_memory (spec 1.5, 2.7); on
+    3.3 the ledger never books (3.3.8 __mem_cgroup_try_charge returns -EINTR at `bypass:`),
+    so both read 0 even after the charger is OOM-killed in a child."""
     p = e.mkdir(e.root, "p")
     e.set_use_hierarchy(p, 1)
     c = e.mkdir(p, "c")
@@ -943,11 +955,11 @@ def test_total_kernel_bypassed_memory_sums_subtree(e):
     e.alloc(e.cache("dentry"), 20, c)
     e.charge_user(c, "anon", 4 * PAGE, task=t)
     e.set_limit(p, p.res.usage)
-    assert e.alloc(e.cache("dentry"), 1, c, task=t).ok
-    assert c.kmem_bypassed == PAGE
+    assert e.alloc(e.cache("dentry"), 1, c, task=t).status == "killed"
+    assert events(e, "bypass") and c.kmem_bypassed == 0
     stat = dict(line.split() for line in render.memory_stat(e, p).splitlines())
     assert stat["kernel_bypassed_memory"] == "0"
-    assert stat["total_kernel_bypassed_memory"] == str(PAGE)
+    assert stat["total_kernel_bypassed_memory"] == "0"
 
 
 def test_hierarchical_memory_limit(e):
@@ -1201,22 +1213,22 @@ def test_charge_batch_stock():
 # ============================================================== regressions found by the property test
 
 def test_oom_kill_of_current_task_owning_the_objects(e):
-    """spec 2.2 c / 2.4: the task allocating into its own objects is OOM-killed mid-call: the
-    allocation bypasses and completes, the exit frees everything it held, and the cache's
-    slab bookkeeping stays consistent (was corrupted before the fix)."""
+    """spec 2.4 + 3.3.8 __mem_cgroup_try_charge (`bypass:` is -EINTR) + mm/slab.c
+    cache_alloc_refill (a failed cache_grow with nothing in the array returns NULL): the task
+    allocating into its own objects is OOM-killed mid-call: the allocation fails, the exit
+    frees everything it held, and the cache's slab bookkeeping stays consistent."""
     a = e.mkdir(e.root, "a")
     t, _ = e.spawn(a)
     e.charge_user(a, "anon", 10 * PAGE, task=t)
     e.alloc(e.cache("dentry"), 20, a, task=t, owner=t.objs)
     e.set_limit(a, a.res.usage)
     r = e.alloc(e.cache("dentry"), 30, a, task=t, owner=t.objs)
-    assert r.ok and r.done == 30
+    assert r.status == "killed" and r.done == 0
     assert t.pid not in e.tasks and not t.objs.runs
-    # The kill emptied slab 1 (its 20 dentries were t's); the bypassed slab 2 took 20 and
-    # slab 1 (now free) the other 10; the exit then freed all 30: 2 empty slabs remain.
+    # The kill emptied slab 1 (its 20 dentries were t's); no slab was added.
     c = copy_of(e, a, "dentry")
-    assert c.active_objs == 0 and c.nr_slabs == 2 and len(c.free) == 2
-    assert a.kmem_bypassed == PAGE and a.kmem.usage == FIRST_SPAWN_BYTES + PAGE
+    assert c.active_objs == 0 and c.nr_slabs == 1 and len(c.free) == 1
+    assert a.kmem_bypassed == 0 and a.kmem.usage == FIRST_SPAWN_BYTES + PAGE
 
 
 def test_hierarchical_leak_bookkeeping_three_levels(e):

@@ -15,17 +15,18 @@ SWAP_CLUSTER_MAX = 32
 class ChargePath:
     # ------------------------------------------------------------------ kmem charge (spec 2.2-2.3)
     def memcg_charge_kmem(self, memcg, gfp: Gfp, delta: int, current=None) -> int:
+        """01/10 + 07/10 + 08/10. Returns OK, or why the slab may not grow: NOMEM, WAIT, or
+        OOM_DIE (the charger is dying: 3.3's try_charge left through `bypass:` with -EINTR,
+        which 01/10 turns into -ENOMEM like any non-zero return)."""
         may_oom = bool(gfp & Gfp.WAIT and gfp & Gfp.FS and not gfp & Gfp.NORETRY)
         if memcg is not None and not memcg.independent_kmem_limit:
             r = self.try_charge(memcg, gfp, delta // self.page, may_oom, current)
-            if r in (NOMEM, WAIT):
+            if r != OK:
                 return r
-            if r == OOM_DIE:
-                if not memcg.is_root:
-                    memcg.kmem_bypassed += delta
-                    self.emit("bypass", cgroup=memcg.path(), bytes=delta)
-                memcg = None
-            elif not memcg.is_root:
+            # 07/10's `!_memcg` branch (the kmem_bypassed ledger) never fires on 3.3: a
+            # zero return always leaves a memcg in *ptr ("memcg: return -EINTR at
+            # bypassing try_charge()", Dec 2011, in 3.3).
+            if not memcg.is_root:
                 memcg.kmem_in_res += delta
                 if self.config.swap_account:
                     memcg.kmem_in_memsw += delta
@@ -46,13 +47,8 @@ class ChargePath:
         return OK
 
     def memcg_uncharge_kmem(self, memcg, delta: int) -> None:
-        if memcg is not None and memcg.kmem_bypassed > 0:
-            b = min(memcg.kmem_bypassed, delta)
-            self.memcg_uncharge_kmem(None, b)
-            memcg.kmem_bypassed -= b
-            delta -= b
-            if not delta:
-                return
+        """01/10 + 07/10 + 08/10. 07/10's ledger step (uncharge kmem_bypassed first) is left
+        out: on 3.3 the ledger is always 0 (see memcg_charge_kmem)."""
         if memcg is not None:
             self._uncharge(memcg.kmem, delta, "kmem")
             if not memcg.independent_kmem_limit:
@@ -73,7 +69,11 @@ class ChargePath:
 
     # ------------------------------------------------------------------ memcg charge (spec 2.4-2.5)
     def try_charge(self, memcg: Memcg, gfp: Gfp, n: int, may_oom: bool, current=None) -> int:
-        """__mem_cgroup_try_charge with patch 03/10. Returns OK, NOMEM, WAIT or OOM_DIE."""
+        """__mem_cgroup_try_charge of 3.3 with patch 03/10. Returns OK, NOMEM, WAIT or
+        OOM_DIE (3.3's `bypass:` exit, -EINTR)."""
+        if current is not None and current.memdie:
+            # TIF_MEMDIE / fatal_signal_pending: leave at the top, before even root's check.
+            return self._bypass(memcg, n)
         if memcg.is_root:
             return OK
         batch = n
@@ -100,8 +100,15 @@ class ChargePath:
                 oom_retries -= 1
             elif r == NOVICTIM:
                 return NOMEM
+            elif r == OOM_DIE:
+                return self._bypass(memcg, n)
             else:
-                return r     # WAIT or OOM_DIE
+                return r     # WAIT
+
+    def _bypass(self, memcg, n) -> int:
+        """`bypass:` *ptr = root_mem_cgroup, return -EINTR: nothing is charged."""
+        self.emit("bypass", cgroup=memcg.path(), bytes=n * self.page)
+        return OOM_DIE
 
     def _do_charge(self, memcg, gfp, batch, n, oom_check, current) -> int:
         size = batch * self.page
@@ -155,6 +162,14 @@ class ChargePath:
             self._oom_recover()
         self.stock[:] = [None, 0]
 
+    def drain_all_stock(self, root_memcg: Memcg) -> None:
+        """drain_all_stock: only a stock whose memcg is root_memcg or, when root_memcg is
+        hierarchical, below it (mem_cgroup_same_or_subtree)."""
+        cached = self.stock[0]
+        if cached is not None and (cached is root_memcg or root_memcg.use_hierarchy
+                                   and root_memcg in cached.ancestors()):
+            self.drain_stock()
+
     def stock_pages(self, memcg) -> int:
         return self.stock[1] if self.stock[0] is memcg else 0
 
@@ -162,8 +177,7 @@ class ChargePath:
     def reclaim(self, memcg: Memcg, n: int) -> int:
         """Hierarchical reclaim of user pages: only page cache can go (no swap, and the
         series has no shrinker changes, so slab is never shrunk). Returns pages freed."""
-        if self.stock[0] is not None and self.stock[0] in set(memcg.tree()):
-            self.drain_stock()
+        self.drain_all_stock(memcg)
         want = max(n, SWAP_CLUSTER_MAX)
         freed = 0
         for m in memcg.tree():
@@ -192,6 +206,7 @@ class ChargePath:
             return NOVICTIM
         self.emit("oom_kill", cgroup=memcg.path(), pid=victim.pid,
                   rss=victim.rss_total(), simulated=int(victim.simulated))
+        victim.memdie = True      # TIF_MEMDIE: its later charges bypass (try_charge)
         self._exit(victim, "oom_kill")
         if victim is current:
             return OOM_DIE
@@ -229,6 +244,12 @@ class ChargePath:
             raise EngineError(errno.ENODEV, "cgroup was removed")
         pages = -(-nbytes // self.page)
         res = Result(pages)
+        if task is not None and task.memdie:
+            # try_charge's first test: -EINTR, the page is committed to root and freed
+            # with the dying task; nothing stays charged.
+            self._bypass(memcg, 1)
+            res.status = "killed"
+            return res
         if memcg.is_root or self._bulk_fits(memcg, pages):
             self._account_user(memcg, kind, pages, task)
             res.done = pages

@@ -96,7 +96,7 @@ class Memcg:
 
 class Task:
     """A task the model knows: simulated (spawned) or a host pid written to `tasks`."""
-    __slots__ = ("pid", "memcg", "simulated", "rss", "objs", "comm")
+    __slots__ = ("pid", "memcg", "simulated", "rss", "objs", "comm", "memdie")
 
     def __init__(self, pid: int, memcg: Memcg, simulated: bool, comm: str = ""):
         self.pid = pid
@@ -105,6 +105,7 @@ class Task:
         self.rss = {}                 # Memcg -> anon bytes this task has charged there
         self.objs = Owner(f"task {pid}", memcg)
         self.comm = comm
+        self.memdie = False           # TIF_MEMDIE: chosen by the OOM killer
 
     def rss_total(self) -> int:
         return sum(self.rss.values())

@@ -39,7 +39,7 @@ class TreeOps:
         if memcg.is_root:
             raise EngineError(errno.EBUSY, "the root cgroup cannot be removed")
         self._check_empty(memcg)
-        self.drain_stock()
+        self.drain_all_stock(memcg)
         self.memcg_kmem_move(memcg)
         self._move_user_pages(memcg)
         if memcg.res.usage:
@@ -139,7 +139,7 @@ class TreeOps:
         if memcg.is_root or host_tasks:
             raise EngineError(errno.EBUSY, "cgroup has tasks")
         self._check_empty(memcg)
-        self.drain_stock()
+        self.drain_all_stock(memcg)
         while memcg.cache_bytes:
             if not self.reclaim(memcg, memcg.cache_bytes // self.page):
                 break
