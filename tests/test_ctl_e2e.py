@@ -192,6 +192,10 @@ def test_kmalloc_uses_smallest_fitting_size_cache(tm):
     s = slabs(tm)
     assert s["size-128(a)"][0] + s["size-128"][0] == 3
     assert "larger than the largest" in fails(tm, "kmalloc 4097 cg=/a", errno.ENOMEM)
+    # kmalloc(0) is ZERO_SIZE_PTR (3.3.8 mm/slab.c __find_general_cachep): nothing happens
+    assert ok(tm, "kmalloc 0 5 cg=/a") == \
+        "ok kmalloc cache=ZERO_SIZE_PTR count=5 cgroup=/a gfp=GFP_KERNEL"
+    assert ok(tm, "kfree 0 5 cg=/a") == "ok kfree cache=ZERO_SIZE_PTR count=5 cgroup=/a"
     want = sum(slab_bytes(c) for c in ("size-32", "size-64", "size-128", "size-192", "size-4096"))
     want += slab_bytes("size-4096")          # two 4096-byte objects: two one-object slabs
     assert num(tm, "a", "memory.kmem.usage_in_bytes") == want

@@ -454,6 +454,13 @@ def test_kmalloc_picks_smallest_size_n(e):
         e.kmalloc_cache(4097)
 
 
+def test_kmalloc_0_is_zero_size_ptr(e):
+    """3.3.8 mm/slab.c __find_general_cachep: `if (!size) return ZERO_SIZE_PTR;`, and
+    __do_kmalloc returns it before 05/10's mem_cgroup_get_kmem_cache ("[PATCH 05/10] memcg:
+    Slab accounting.", 27 Feb 2012): no cache, no object, no copy, no charge."""
+    assert e.kmalloc_cache(0) is None
+
+
 def test_parse_gfp():
     """spec 2.6: gfp names; one base mask plus modifiers; NOACCOUNT is 0x2000."""
     assert parse_gfp("GFP_KERNEL|__GFP_NOACCOUNT") == GFP_KERNEL | Gfp.NOACCOUNT
@@ -1207,6 +1214,31 @@ def test_charge_batch_stock():
     e.reap()
     e.rmdir(b)
     assert e.stock == [None, 0]
+    assert check(e) == []
+
+
+def test_stock_drain_is_scoped_to_the_subtree():
+    """3.3.8 mm/memcontrol.c drain_all_stock: a stock is drained only when its memcg is the
+    target or, for a hierarchical target, below it (mem_cgroup_same_or_subtree); rmdir and
+    force_empty (mem_cgroup_force_empty -> drain_all_stock_sync) of an unrelated cgroup
+    leave another cgroup's stock alone."""
+    e = make_engine(charge_batch=32)
+    a = e.mkdir(e.root, "a")
+    b = e.mkdir(e.root, "b")
+    e.alloc(e.cache("dentry"), 1, b)
+    assert e.stock_pages(b) == 31
+    e.force_empty(a)
+    e.rmdir(a)
+    assert e.stock_pages(b) == 31 and b.res.usage == 32 * PAGE
+    e.drain_all_stock(e.root)                      # root is not hierarchical here
+    assert e.stock_pages(b) == 31
+    p = e.mkdir(e.root, "p")
+    e.set_use_hierarchy(p, 1)
+    c = e.mkdir(p, "c")
+    e.alloc(e.cache("dentry"), 1, c)
+    assert e.stock_pages(c) == 31 and e.stock_pages(b) == 0   # refill_stock drained b's
+    e.drain_all_stock(p)                           # hierarchical ancestor: c's stock goes
+    assert e.stock == [None, 0] and c.res.usage == p.res.usage == PAGE
     assert check(e) == []
 
 

@@ -68,7 +68,11 @@ class CacheOps:
             raise EngineError(errno.EINVAL, f"no cache named {name!r}")
         return c
 
-    def kmalloc_cache(self, size: int) -> KmemCache:
+    def kmalloc_cache(self, size: int):
+        """__find_general_cachep: the smallest size-N that fits; None for size 0, which is
+        kmalloc's ZERO_SIZE_PTR (3.3.8 mm/slab.c): no cache, no object, no charge."""
+        if not size:
+            return None
         for objsize, c in self.kmalloc:
             if objsize >= size:
                 return c
