@@ -141,7 +141,9 @@ MEMORY = {
     "memory.use_hierarchy": 0o644, "memory.swappiness": 0o644,
     "memory.move_charge_at_immigrate": 0o644, "memory.oom_control": 0o644,
     "memory.numa_stat": 0o444,
+    # 3.3 net/ipv4/tcp_memcontrol.c tcp_files[]: four files, every memcg
     "memory.kmem.tcp.limit_in_bytes": 0o644, "memory.kmem.tcp.usage_in_bytes": 0o444,
+    "memory.kmem.tcp.failcnt": 0o644, "memory.kmem.tcp.max_usage_in_bytes": 0o644,
     # patch 01/10 + 09/10 (spec 1.1): in every memcg, root included
     "memory.kmem.independent_kmem_limit": 0o644, "memory.kmem.limit_in_bytes": 0o644,
     "memory.kmem.usage_in_bytes": 0o444, "memory.kmem.slabinfo": 0o444,
@@ -371,17 +373,31 @@ def test_root_limits(mount_factory):
     assert r.returncode == 1 and "Invalid argument" in r.stderr
 
 
-def test_tcp_limit_root_einval_and_clamped(mount_factory):
-    """Spec 8.1 / open question 12 (docs/semantics.md §12): 3.3's tcp_update_limit refuses
-    the root memcg (no cg_proto: EINVAL) and clamps a child's value to RESOURCE_MAX."""
+def test_tcp_files_as_3_3_has_them(mount_factory):
+    """3.3 net/ipv4/tcp_memcontrol.c: tcp_files[] has limit_in_bytes, usage_in_bytes, failcnt
+    and max_usage_in_bytes (the last two read_u64 + trigger: 0644, cgroup_file_mode) on every
+    memcg. Root has no cg_proto: tcp_cgroup_read gives RESOURCE_MAX / usage / 0 / 0,
+    tcp_cgroup_write parses first (res_counter_memparse_write_strategy: junk EINVAL) and then
+    tcp_update_limit is EINVAL, tcp_cgroup_reset returns 0. A child's limit is clamped to
+    RESOURCE_MAX (tcp_update_limit); its triggers take any content."""
     m = mount_factory()
-    assert write(m.p("memory.kmem.tcp.limit_in_bytes"), b"1G") == EINVAL
-    os.mkdir(m.p("t"))
-    limit = m.p("t", "memory.kmem.tcp.limit_in_bytes")
+    tcp = lambda *p: m.p(*p[:-1], f"memory.kmem.tcp.{p[-1]}")
+    for where in ((), ("t",)):
+        if where:
+            os.mkdir(m.p(*where))
+        assert read(tcp(*where, "limit_in_bytes")) == f"{RESOURCE_MAX}\n"
+        for f in ("usage_in_bytes", "failcnt", "max_usage_in_bytes"):
+            assert read(tcp(*where, f)) == "0\n"
+        assert write(tcp(*where, "failcnt"), b"abc") == 0
+        assert write(tcp(*where, "max_usage_in_bytes"), b"") == 0
+        assert write(tcp(*where, "usage_in_bytes"), b"5") == EINVAL
+    assert write(tcp("limit_in_bytes"), b"1G") == EINVAL
+    assert write(tcp("limit_in_bytes"), b"junk") == EINVAL
+    assert write(tcp("limit_in_bytes"), b"1" * 70) == E2BIG
+    limit = tcp("t", "limit_in_bytes")
     assert write(limit, b"1") == 0 and read(limit) == "4096\n"
     assert write(limit, str(RESOURCE_MAX).encode()) == 0     # PAGE_ALIGN rounds above it
     assert read(limit) == f"{RESOURCE_MAX}\n"
-    assert read(m.p("t", "memory.kmem.tcp.usage_in_bytes")) == "0\n"
 
 
 def test_memsw_limit_must_stay_above_memory_limit(shared):
@@ -1089,6 +1105,18 @@ force-empty-read: rc=1 Invalid argument
 force-empty: rc=0 
 failcnt-trigger: rc=0 
 max-usage-trigger: rc=0 
+tcp-modes: rc=0 644 444 644 644 
+tcp-limit-junk: rc=1 Invalid argument
+tcp-limit-minus-2: rc=1 Invalid argument
+tcp-limit-1.5G: rc=1 Invalid argument
+tcp-limit-1KB: rc=1 Invalid argument
+tcp-limit-1G: rc=0 1073741824
+tcp-limit-0x10K: rc=0 16384
+tcp-limit-010M: rc=0 8388608
+tcp-usage-read: rc=0 0
+tcp-usage-write: rc=1 Invalid argument
+tcp-failcnt-trigger: rc=0 0
+tcp-max-usage-trigger: rc=0 0
 tasks-999999999: rc=1 No such process
 tasks-4000000: rc=1 No such process
 procs-999999999: rc=1 No such process
@@ -1146,7 +1174,9 @@ def test_shared_rules_match_the_real_kernel(mnt):
     """The same script against kmemfs and against the real cgroup v1 memory controller
     (in a kmemfs_test_* cgroup) prints the same lines. Only rules both share are in it:
     not "1" -> 4096 (modern kernels round down), not use_hierarchy (forced to 1), not
-    swappiness 101 (modern range is 0..200), not 1T (modern memparse has T)."""
+    swappiness 101 (modern range is 0..200), not 1T (modern memparse has T), not the tcp
+    limit's default or "-1" (modern: PAGE_COUNTER_MAX pages, 3.3: RESOURCE_MAX). The tcp
+    files' modes, parse errors, read-only usage and triggers (3.3 tcp_files[]) are shared."""
     os.mkdir(mnt.p("kmemfs_test_rules"))
     ours = run_rules(mnt.p("kmemfs_test_rules"))
     base = os.path.join(KERNEL_MEMCG, f"kmemfs_test_{os.getpid()}_{uuid.uuid4().hex[:8]}")

@@ -29,7 +29,9 @@ class Memcg:
         # patch 01/10: the kmem counter's parent only if the parent is hierarchical and not root.
         kparent = parent.kmem if hier and parent.parent is not None else None
         self.kmem = ResCounter(kparent, self)
-        self.tcp = ResCounter(None, self)
+        # 3.3 tcp_init_cgroup: the tcp counter's parent is the parent's cg_proto counter:
+        # hierarchical (parent_mem_cgroup) and not root (tcp_proto_cgroup).
+        self.tcp = ResCounter(parent.tcp if hier and parent.parent is not None else None, self)
         self.use_hierarchy = parent.use_hierarchy if parent else False
         self.oom_kill_disable = parent.oom_kill_disable if parent else False
         self.swappiness = swappiness

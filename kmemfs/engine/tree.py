@@ -201,7 +201,11 @@ class TreeOps:
         memcg.kmem.set_limit(val)
 
     def set_tcp_limit(self, memcg: Memcg, val: int) -> None:
-        memcg.tcp.set_limit(min(val, RESOURCE_MAX))   # tcp_update_limit clamps
+        """3.3 tcp_update_limit, after the value parsed: root has no cg_proto (EINVAL);
+        clamp to RESOURCE_MAX; res_counter_set_limit (EBUSY below usage)."""
+        if memcg.is_root:
+            raise EngineError(errno.EINVAL, "the root memcg has no tcp counter (no cg_proto)")
+        memcg.tcp.set_limit(min(val, RESOURCE_MAX))
 
     def set_independent(self, memcg: Memcg, val: int) -> None:
         """spec 1.4: no checks at all in v1/10; the old kmem limit stays."""
