@@ -277,7 +277,16 @@ class ChargePath:
             return False
         return True
 
+    def memcg_check_events(self, memcg: Memcg) -> None:
+        """memcg_check_events -> mem_cgroup_threshold: thresholds of memcg and its
+        hierarchical ancestors are looked at. 3.3 calls it only where a page's charge is
+        committed, uncharged or moved, never from the slab charge path (kmem charges go
+        through __mem_cgroup_try_charge alone). The 128-event ratelimit is not modelled."""
+        for c in memcg.res.chain():
+            c.owner.threshold_checks += 1
+
     def _account_user(self, memcg, kind, pages, task) -> None:
+        self.memcg_check_events(memcg)    # __mem_cgroup_commit_charge
         size = pages * self.page
         memcg.pgpgin += pages
         if kind == "anon":
@@ -330,4 +339,5 @@ class ChargePath:
             self._uncharge(memcg.res, size, "res")
             if self.config.swap_account:
                 self._uncharge(memcg.memsw, size, "memsw")
+        self.memcg_check_events(memcg)    # __mem_cgroup_uncharge_common
         self._oom_recover()

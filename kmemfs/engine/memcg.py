@@ -15,7 +15,7 @@ class Memcg:
                  "move_charge_at_immigrate", "independent_kmem_limit", "kmem_bypassed",
                  "slabs", "tasks", "cache_bytes", "rss_bytes", "pgpgin", "pgpgout", "pgfault",
                  "pool", "dcache", "files", "oom_wake_seq", "removed", "kmem_leaked", "quirks",
-                 "notify_on_release", "id", "kmem_in_res", "kmem_in_memsw")
+                 "notify_on_release", "id", "kmem_in_res", "kmem_in_memsw", "threshold_checks")
 
     def __init__(self, name: str, parent=None, id: int = 0, swappiness: int = 60):
         self.name = name
@@ -54,6 +54,7 @@ class Memcg:
         self.quirks = set()           # documented quirks that relax the invariants here
         self.kmem_in_res = 0          # kmem bytes now held in res (for the invariant checker)
         self.kmem_in_memsw = 0        # kmem bytes ever charged to memsw: never uncharged (spec 2.3)
+        self.threshold_checks = 0     # times mem_cgroup_threshold looked at this memcg
 
     @property
     def is_root(self) -> bool:

@@ -48,6 +48,7 @@ class TaskOps:
         old.pgpgout -= size // self.page   # a move is not a page-out
         to.rss_bytes += size
         t.rss[to] = t.rss.get(to, 0) + size
+        self.memcg_check_events(to)       # mem_cgroup_move_account
 
     def spawn(self, memcg: Memcg, parent: Task = None) -> tuple:
         """fork(): allocate FORK_RECIPE in memcg's caches; all or nothing. Returns

@@ -129,6 +129,8 @@ class TreeOps:
                 self._uncharge(memcg.memsw, size, "memsw")
         parent.rss_bytes += memcg.rss_bytes
         parent.cache_bytes += memcg.cache_bytes
+        self.memcg_check_events(parent)   # mem_cgroup_move_account: to, then from
+        self.memcg_check_events(memcg)
         for t in self.tasks.values():
             if memcg in t.rss:
                 t.rss[parent] = t.rss.get(parent, 0) + t.rss.pop(memcg)
