@@ -1217,6 +1217,24 @@ def test_charge_batch_stock():
     assert check(e) == []
 
 
+def test_memcg_check_events_only_on_page_paths(e):
+    """3.3.8 mm/memcontrol.c: memcg_check_events is called from __mem_cgroup_commit_charge,
+    __mem_cgroup_uncharge_common and mem_cgroup_move_account, and mem_cgroup_threshold walks
+    up parent_mem_cgroup; slab charges and uncharges (05/10's kmem_getpages/kmem_freepages ->
+    memcg_charge_kmem/memcg_uncharge_kmem) never call it."""
+    p = e.mkdir(e.root, "p")
+    e.set_use_hierarchy(p, 1)
+    c = e.mkdir(p, "c")
+    e.alloc(e.cache("dentry"), 100, c)
+    e.free_named("dentry", 100, c)
+    e.reap()
+    assert (p.threshold_checks, c.threshold_checks) == (0, 0)
+    e.charge_user(c, "file", PAGE)
+    assert (p.threshold_checks, c.threshold_checks) == (1, 1)
+    e.uncharge_user(c, "file", PAGE)
+    assert (p.threshold_checks, c.threshold_checks, e.root.threshold_checks) == (2, 2, 0)
+
+
 def test_stock_drain_is_scoped_to_the_subtree():
     """3.3.8 mm/memcontrol.c drain_all_stock: a stock is drained only when its memcg is the
     target or, for a hierarchical target, below it (mem_cgroup_same_or_subtree); rmdir and
