@@ -21,6 +21,8 @@ options (-o, comma separated):
   allow_other         let other users in; modes are then enforced (default_permissions)
   charge_batch=N      per-CPU charge stock of N pages (3.3 uses 32); 0 (default) = exact
   nr_cpus=N           CPUs the SLAB model assumes (free_limit); default 1
+  numa                CONFIG_NUMA: a failing slab grow is charged three times (twice
+                      GFP_THISNODE, i.e. NORETRY, then fallback_alloc); default off
   noboot_slabs        start the original caches empty instead of as the catalogue recorded
   max_memcgs=N        cap on cgroups (default 65535, CSS_ID_MAX): mkdir beyond is ENOSPC
   max_tasks=N         cap on simulated tasks (default 100000): spawn beyond is ENOSPC

@@ -1217,6 +1217,26 @@ def test_charge_batch_stock():
     assert check(e) == []
 
 
+@pytest.mark.parametrize("numa", [False, True], ids=["UMA", "NUMA"])
+def test_numa_grow_charges_three_times(numa):
+    """3.3.8 mm/slab.c with CONFIG_NUMA: __do_cache_alloc -> ____cache_alloc ->
+    cache_alloc_refill grows with flags|GFP_THISNODE; then ____cache_alloc_node grows with
+    flags|GFP_THISNODE; then fallback_alloc calls kmem_getpages with the caller's flags.
+    GFP_THISNODE = __GFP_THISNODE|__GFP_NOWARN|__GFP_NORETRY (include/linux/gfp.h), and
+    03/10 makes NORETRY fail without reclaim: a grow at the limit is charged (and counted in
+    failcnt) three times, and only the last reclaims. Without CONFIG_NUMA once."""
+    e = make_engine(numa=numa)
+    a, _ = _dependent_at_limit(e, cache_pages=40)
+    seq = e.event_seq
+    assert e.alloc(e.cache("dentry"), 1, a).ok
+    fails = [f["gfp"] for _, f in events(e, "charge_fail", seq)]
+    thisnode = int(GFP_KERNEL | Gfp.THISNODE | Gfp.NOWARN | Gfp.NORETRY)
+    assert fails == ([thisnode, thisnode] if numa else []) + [int(GFP_KERNEL)]
+    assert a.res.failcnt == len(fails)
+    assert len(events(e, "reclaim", seq)) == 1 and a.cache_bytes == 8 * PAGE
+    assert check(e) == []
+
+
 def test_memcg_check_events_only_on_page_paths(e):
     """3.3.8 mm/memcontrol.c: memcg_check_events is called from __mem_cgroup_commit_charge,
     __mem_cgroup_uncharge_common and mem_cgroup_move_account, and mem_cgroup_threshold walks

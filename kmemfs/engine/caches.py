@@ -127,7 +127,7 @@ class CacheOps:
     def _grow(self, cache: KmemCache, gfp: Gfp, current, res: Result):
         """cache_grow -> kmem_getpages: charge first, then the page (spec 2.1)."""
         def grow():
-            r = self.memcg_charge_kmem(cache.memcg, gfp, cache.pages * self.page, current)
+            r = self.kmem_getpages_charge(cache.memcg, gfp, cache.pages * self.page, current)
             if r == OK:
                 return cache.add_slab()
             if r == WAIT:

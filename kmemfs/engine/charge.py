@@ -4,7 +4,7 @@ OOM killer, and user pages."""
 import errno
 
 from .errors import EngineError
-from .gfp import GFP_KERNEL, Gfp
+from .gfp import GFP_KERNEL, GFP_THISNODE, Gfp
 from .memcg import Memcg
 from .result import NOMEM, NOVICTIM, OK, OOM_DIE, RETRY, WAIT, WOULDBLOCK, Result
 
@@ -45,6 +45,21 @@ class ChargePath:
             else:
                 self.root.kmem.charge_nofail(delta)
         return OK
+
+    def kmem_getpages_charge(self, memcg, gfp: Gfp, delta: int, current=None) -> int:
+        """The charges of one slab grow (05/10 charges in kmem_getpages), as often as 3.3's
+        SLAB calls kmem_getpages for it. Without CONFIG_NUMA once. With it (mm/slab.c
+        __do_cache_alloc): cache_alloc_refill grows with flags|GFP_THISNODE, then
+        ____cache_alloc_node grows with flags|GFP_THISNODE, then fallback_alloc (no other
+        node has free objects: everything lives on node 0) calls kmem_getpages with the
+        caller's flags. GFP_THISNODE carries __GFP_NORETRY, so the first two fail at the
+        limit without reclaim (03/10), each counted in failcnt."""
+        if self.config.numa:
+            for _ in range(2):
+                r = self.memcg_charge_kmem(memcg, gfp | GFP_THISNODE, delta, current)
+                if r == OK:
+                    return OK
+        return self.memcg_charge_kmem(memcg, gfp, delta, current)
 
     def memcg_uncharge_kmem(self, memcg, delta: int) -> None:
         """01/10 + 07/10 + 08/10. 07/10's ledger step (uncharge kmem_bypassed first) is left

@@ -13,6 +13,9 @@ class Config:
     page_size: int = 4096
     # Feeds SLAB's free_limit = (1 + nr_cpus) * batchcount + num.
     nr_cpus: int = 1
+    # CONFIG_NUMA: a slab grow first tries the local node with GFP_THISNODE (twice), then
+    # fallback_alloc with the caller's flags (mm/slab.c __do_cache_alloc).
+    numa: bool = False
     # Per-CPU charge stock (CHARGE_BATCH, 32 pages in 3.3). 0 keeps counters exact.
     charge_batch: int = 0
     # Populate the original caches with the catalogue's own object counts, as a booted machine has.

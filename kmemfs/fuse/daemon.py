@@ -19,7 +19,7 @@ class MountError(Exception):
     """A one-line reason the mount cannot go ahead."""
 
 
-BOOL_OPTIONS = {"acct_root": "acct_root", "boot_slabs": "boot_slabs"}
+BOOL_OPTIONS = {"acct_root": "acct_root", "boot_slabs": "boot_slabs", "numa": "numa"}
 INT_OPTIONS = {"charge_batch", "nr_cpus", "page_size", "max_memcgs", "vm_swappiness",
                "event_log_size", "max_tasks", "max_objects"}
 FUSE_OPTIONS = {"allow_other"}
