@@ -1193,9 +1193,10 @@ def test_attach_moves_anon_only_with_move_charge(e):
 # ============================================================== charge stock (spec 2.1, 2.5)
 
 def test_charge_batch_stock():
-    """spec 2.1 stock slack / 2.5 b: with CHARGE_BATCH the res charge takes a batch of
-    max(32, n) pages and keeps the surplus in the per-CPU stock; multi-page charges draw on
-    it; kmem moves by exact slab sizes; rmdir drains the stock."""
+    """spec 2.1 stock slack / 2.5 b (03/10: consume_stock(memcg, nr_pages)): with CHARGE_BATCH
+    (3.3.8 mm/memcontrol.c, 32 pages) the res charge takes a batch of max(32, n) pages and
+    keeps the surplus in the per-CPU stock; multi-page charges draw on it; kmem moves by exact
+    slab sizes; another memcg's batch drains it (refill_stock); rmdir drains it."""
     e = make_engine(charge_batch=32)
     a = e.mkdir(e.root, "a")
     e.alloc(e.cache("dentry"), 1, a)
@@ -1203,13 +1204,12 @@ def test_charge_batch_stock():
     e.alloc(e.cache("task_struct"), 1, a)          # 2 pages from the stock
     assert (a.kmem.usage, a.res.usage, e.stock_pages(a)) == (3 * PAGE, 32 * PAGE, 29)
     assert check(e) == []
-    e.set_limit(a, 20 * PAGE)                      # reclaim drains the stock first
-    assert e.stock_pages(a) == 0 and a.res.usage == 3 * PAGE
-    e.alloc(e.cache("pid"), 1, a)                  # the batch does not fit: exact size
-    assert a.res.usage == 4 * PAGE and e.stock_pages(a) == 0 and a.res.failcnt == 1
     b = e.mkdir(e.root, "b")
-    e.alloc(e.cache("dentry"), 1, b)
-    assert e.stock_pages(b) == 31 and e.stock_pages(a) == 0
+    e.alloc(e.cache("dentry"), 1, b)               # refill_stock: a's 29 pages go back
+    assert e.stock_pages(b) == 31 and e.stock_pages(a) == 0 and a.res.usage == 3 * PAGE
+    e.set_limit(a, 4 * PAGE)
+    e.alloc(e.cache("pid"), 1, a)                  # the batch does not fit: exact size
+    assert a.res.usage == 4 * PAGE and e.stock_pages(b) == 31 and a.res.failcnt == 1
     e.free_named("dentry", 1, b)
     e.reap()
     e.rmdir(b)
@@ -1217,42 +1217,43 @@ def test_charge_batch_stock():
     assert check(e) == []
 
 
-@pytest.mark.parametrize("numa", [False, True], ids=["UMA", "NUMA"])
-def test_numa_grow_charges_three_times(numa):
-    """3.3.8 mm/slab.c with CONFIG_NUMA: __do_cache_alloc -> ____cache_alloc ->
-    cache_alloc_refill grows with flags|GFP_THISNODE; then ____cache_alloc_node grows with
-    flags|GFP_THISNODE; then fallback_alloc calls kmem_getpages with the caller's flags.
-    GFP_THISNODE = __GFP_THISNODE|__GFP_NOWARN|__GFP_NORETRY (include/linux/gfp.h), and
-    03/10 makes NORETRY fail without reclaim: a grow at the limit is charged (and counted in
-    failcnt) three times, and only the last reclaims. Without CONFIG_NUMA once."""
-    e = make_engine(numa=numa)
-    a, _ = _dependent_at_limit(e, cache_pages=40)
+def test_limit_write_does_not_drain_the_stock():
+    """3.3.8 mm/memcontrol.c mem_cgroup_resize_limit -> mem_cgroup_reclaim(SHRINK): the drain
+    (drain_all_stock_async) comes only from the second pass, and the loop stops after the
+    first when mem_cgroup_margin — still against the old limit — is not 0. So a limit below
+    usage-with-stock is EBUSY when nothing is reclaimable; only with usage exactly at the old
+    limit does a second pass drain the stock."""
+    e = make_engine(charge_batch=32)
+    a = e.mkdir(e.root, "a")
+    e.alloc(e.cache("dentry"), 1, a)
+    assert a.res.usage == 32 * PAGE and e.stock_pages(a) == 31
+    with raises(errno.EBUSY):
+        e.set_limit(a, 20 * PAGE)
+    assert e.stock_pages(a) == 31 and a.res.limit == RESOURCE_MAX
+    e.set_limit(a, 32 * PAGE)                      # usage == limit: margin 0
     seq = e.event_seq
-    assert e.alloc(e.cache("dentry"), 1, a).ok
-    fails = [f["gfp"] for _, f in events(e, "charge_fail", seq)]
-    thisnode = int(GFP_KERNEL | Gfp.THISNODE | Gfp.NOWARN | Gfp.NORETRY)
-    assert fails == ([thisnode, thisnode] if numa else []) + [int(GFP_KERNEL)]
-    assert a.res.failcnt == len(fails)
-    assert len(events(e, "reclaim", seq)) == 1 and a.cache_bytes == 8 * PAGE
+    e.set_limit(a, 20 * PAGE)                      # pass 1 frees nothing, pass 2 drains
+    assert e.stock == [None, 0] and a.res.usage == PAGE and a.res.limit == 20 * PAGE
+    assert [f["pages"] for _, f in events(e, "reclaim", seq)] == [0, 0]
     assert check(e) == []
 
 
-def test_memcg_check_events_only_on_page_paths(e):
-    """3.3.8 mm/memcontrol.c: memcg_check_events is called from __mem_cgroup_commit_charge,
-    __mem_cgroup_uncharge_common and mem_cgroup_move_account, and mem_cgroup_threshold walks
-    up parent_mem_cgroup; slab charges and uncharges (05/10's kmem_getpages/kmem_freepages ->
-    memcg_charge_kmem/memcg_uncharge_kmem) never call it."""
-    p = e.mkdir(e.root, "p")
-    e.set_use_hierarchy(p, 1)
-    c = e.mkdir(p, "c")
-    e.alloc(e.cache("dentry"), 100, c)
-    e.free_named("dentry", 100, c)
-    e.reap()
-    assert (p.threshold_checks, c.threshold_checks) == (0, 0)
-    e.charge_user(c, "file", PAGE)
-    assert (p.threshold_checks, c.threshold_checks) == (1, 1)
-    e.uncharge_user(c, "file", PAGE)
-    assert (p.threshold_checks, c.threshold_checks, e.root.threshold_checks) == (2, 2, 0)
+def test_page_charges_with_the_stock():
+    """3.3.8 __mem_cgroup_try_charge for one page: consume_stock, else a batch of
+    CHARGE_BATCH (32) with the surplus to refill_stock, else (batch over the limit: one
+    failcnt, no reclaim) the single page. Charging many pages at once ends as one by one."""
+    e = make_engine(charge_batch=32)
+    a = e.mkdir(e.root, "a")
+    e.charge_user(a, "file", 40 * PAGE)            # 2 batches: 64 pages, 24 in the stock
+    assert (a.res.usage, e.stock_pages(a), a.res.failcnt) == (64 * PAGE, 24, 0)
+    assert a.res.max_usage == 64 * PAGE
+    e.charge_user(a, "file", 24 * PAGE)            # all from the stock
+    assert (a.res.usage, e.stock_pages(a)) == (64 * PAGE, 0)
+    e.set_limit(a, 70 * PAGE)
+    e.charge_user(a, "file", 3 * PAGE)             # each batch fails: 3 single pages
+    assert (a.res.usage, e.stock_pages(a), a.res.failcnt) == (67 * PAGE, 0, 3)
+    assert a.cache_bytes == 67 * PAGE
+    assert check(e) == []
 
 
 def test_stock_drain_is_scoped_to_the_subtree():

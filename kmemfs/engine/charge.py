@@ -9,6 +9,7 @@ from .memcg import Memcg
 from .result import NOMEM, NOVICTIM, OK, OOM_DIE, RETRY, WAIT, WOULDBLOCK, Result
 
 MEM_CGROUP_RECLAIM_RETRIES = 5
+MEM_CGROUP_MAX_RECLAIM_LOOPS = 100
 SWAP_CLUSTER_MAX = 32
 
 
@@ -145,7 +146,7 @@ class ChargePath:
             return WOULDBLOCK
         if gfp & Gfp.NORETRY:
             return NOMEM          # 03/10: NOMEM with no reclaim
-        progress = self.reclaim(over, n)
+        progress = self.mem_cgroup_reclaim(over, n)
         if failed.margin() >= n * self.page:
             return RETRY
         if progress:
@@ -189,10 +190,32 @@ class ChargePath:
         return self.stock[1] if self.stock[0] is memcg else 0
 
     # ------------------------------------------------------------------ reclaim and OOM
+    def margin_pages(self, memcg: Memcg) -> int:
+        """mem_cgroup_margin: what res (and memsw) can still take, in pages."""
+        margin = memcg.res.margin()
+        if self.config.swap_account:
+            margin = min(margin, memcg.memsw.margin())
+        return margin // self.page
+
+    def mem_cgroup_reclaim(self, memcg: Memcg, n: int, shrink: bool = False) -> int:
+        """3.3 mem_cgroup_reclaim: reclaim passes; from the second on, the subtree's stock is
+        drained first (drain_all_stock_async, which on this one CPU drains at once). Stops
+        when a limit shrinker made progress, when memcg has any margin, or when two passes
+        freed nothing. So a limit write (shrink) drains the stock only if usage sits exactly
+        at the old limit and nothing is reclaimable."""
+        total = 0
+        for loop in range(MEM_CGROUP_MAX_RECLAIM_LOOPS):
+            if loop:
+                self.drain_all_stock(memcg)
+            total += self.reclaim(memcg, n)
+            if (total and shrink) or self.margin_pages(memcg) or (loop and not total):
+                break
+        return total
+
     def reclaim(self, memcg: Memcg, n: int) -> int:
-        """Hierarchical reclaim of user pages: only page cache can go (no swap, and the
-        series has no shrinker changes, so slab is never shrunk). Returns pages freed."""
-        self.drain_all_stock(memcg)
+        """One pass of hierarchical reclaim (try_to_free_mem_cgroup_pages) of user pages: only
+        page cache can go (no swap, and the series has no shrinker changes, so slab is never
+        shrunk). Returns pages freed."""
         want = max(n, SWAP_CLUSTER_MAX)
         freed = 0
         for m in memcg.tree():
@@ -265,7 +288,7 @@ class ChargePath:
             self._bypass(memcg, 1)
             res.status = "killed"
             return res
-        if memcg.is_root or self._bulk_fits(memcg, pages):
+        if memcg.is_root or self._bulk_charge(memcg, pages):
             self._account_user(memcg, kind, pages, task)
             res.done = pages
             return res
@@ -281,15 +304,25 @@ class ChargePath:
             break
         return res
 
-    def _bulk_fits(self, memcg, pages) -> bool:
-        if self.config.charge_batch:
+    def _bulk_charge(self, memcg, pages) -> bool:
+        """Charge `pages` one-page charges at once when none would fail: from the stock, then
+        whole batches (each batch: one page charged, the rest to the stock), exactly as one
+        by one (usage only rises, so max_usage ends the same). False, with nothing changed,
+        when some page would need the slow path."""
+        batch = self.config.charge_batch
+        have = self.stock_pages(memcg) if batch else 0
+        need = max(0, pages - have)
+        size = (-(-need // batch) * batch if batch else need) * self.page
+        counters = [memcg.res] + ([memcg.memsw] if self.config.swap_account else [])
+        if size and any(c.usage + size > c.limit for ctr in counters for c in ctr.chain()):
             return False
-        size = pages * self.page
-        if memcg.res.charge(size) is not None:
-            return False
-        if self.config.swap_account and memcg.memsw.charge(size) is not None:
-            memcg.res.uncharge(size)
-            return False
+        if size:
+            for ctr in counters:
+                ctr.charge_nofail(size)
+        if have:
+            self.stock[1] -= min(have, pages)
+        if batch and need:
+            self._refill_stock(memcg, size // self.page - need)
         return True
 
     def memcg_check_events(self, memcg: Memcg) -> None:

@@ -119,6 +119,9 @@ class TreeOps:
         raise EngineError(errno.EBUSY, "the parent cannot take the remaining pages")
 
     def _parent_takes(self, parent, pages) -> bool:
+        """mem_cgroup_move_parent charges the parent page by page (no OOM)."""
+        if self._bulk_charge(parent, pages):
+            return True
         return self.try_charge(parent, GFP_KERNEL, pages, False) == OK
 
     def _reparent(self, memcg, parent) -> None:
@@ -181,7 +184,7 @@ class TreeOps:
             if counter.usage <= val:
                 counter.limit = val
                 break
-            self.reclaim(memcg, (counter.usage - val) // self.page)
+            self.mem_cgroup_reclaim(memcg, (counter.usage - val) // self.page, shrink=True)
             if counter.usage >= old:
                 retries -= 1
                 if not retries:
