@@ -19,7 +19,8 @@ options (-o, comma separated):
   acct_root           CONFIG_CGROUP_MEM_RES_CTLR_KMEM_ACCT_ROOT: root's kmem is accounted
   noswapaccount       swapaccount=0: no memory.memsw.* files, no memsw charges
   allow_other         let other users in; modes are then enforced (default_permissions)
-  charge_batch=N      per-CPU charge stock of N pages (3.3 uses 32); 0 (default) = exact
+  charge_batch=N      per-CPU charge stock of N pages (default 32, 3.3's CHARGE_BATCH): res
+                      usage runs up to N-1 pages ahead; 0 = no stock, exact counters
   nr_cpus=N           CPUs the SLAB model assumes (free_limit); default 1
   numa                CONFIG_NUMA: a failing slab grow is charged three times (twice
                       GFP_THISNODE, i.e. NORETRY, then fallback_alloc); default off

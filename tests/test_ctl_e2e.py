@@ -30,8 +30,9 @@ WAIT = 30                    # generous bound on anything we wait for (never ass
 # ------------------------------------------------------------------ helpers
 @pytest.fixture
 def tm(mount_factory):
-    """A mount on the test catalogue with empty original caches: exact numbers."""
-    return mount_factory(slabinfo=CATALOGUE, options=["noboot_slabs"])
+    """A mount on the test catalogue with empty original caches and no charge stock
+    (charge_batch=0; 3.3's 32 is the default): exact numbers."""
+    return mount_factory(slabinfo=CATALOGUE, options=["noboot_slabs", "charge_batch=0"])
 
 
 def run(m, text: str):

@@ -11,6 +11,12 @@ from mounting import sh
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture
+def mnt(mount_factory):
+    """Exact counters (charge_batch=0: no per-CPU stock), so thresholds sit at known bytes."""
+    return mount_factory(options=["charge_batch=0"])
+
+
 def ctl(m, command):
     sh(f"echo '{command}' > {m.p('.kmemfs', 'ctl')}", check=True)
 
