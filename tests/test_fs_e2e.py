@@ -9,6 +9,7 @@ the real cgroup v1 memory controller and compare the outputs.
 import contextlib
 import errno
 import os
+import re
 import shutil
 import signal
 import stat
@@ -519,6 +520,30 @@ def test_release_agent_is_a_path_max_string(mnt):
     assert write(path, b"/" * 4096) == E2BIG
     assert write(path, b"/" * 4095) == 0
     assert read(path) == "/" * 4095 + "\n"
+
+
+def test_release_agent_is_never_run(mnt, tmp_path):
+    """3.3.8 kernel/cgroup.c: check_for_release queues a cgroup with notify_on_release once
+    it has neither tasks nor children after a task left or a child was removed, and
+    cgroup_release_agent runs release_agent as root (call_usermodehelper, argv = agent and
+    the cgroup's path). kmemfs never runs it (docs/semantics.md §13: a root daemon must not
+    execute a path a user wrote); it logs a `release` event where 3.3 would have."""
+    marker = tmp_path / "ran"
+    agent = tmp_path / "agent.sh"
+    agent.write_text(f"#!/bin/sh\necho \"$1\" > {marker}\n")
+    agent.chmod(0o755)
+    assert write(mnt.p("release_agent"), str(agent).encode()) == 0
+    os.mkdir(mnt.p("p"))
+    assert write(mnt.p("p", "notify_on_release"), b"1") == 0
+    os.mkdir(mnt.p("p", "c"))                         # inherits notify_on_release
+    assert read(mnt.p("p", "c", "notify_on_release")) == "1\n"
+    os.rmdir(mnt.p("p", "c"))                         # p: child removed, now empty
+    pid = re.search(r"pid=(\d+)", ctl(mnt, "spawn cg=/p")).group(1)
+    ctl(mnt, f"exit {pid}")                            # p: its last task left
+    events = read(mnt.p(".kmemfs", "events"))
+    assert re.findall(r" release cgroup=(\S+)", events) == ["/p", "/p"]
+    time.sleep(0.2)                                   # a run agent would have written by now
+    assert not marker.exists()
 
 
 def test_use_hierarchy_rules(mount_factory):

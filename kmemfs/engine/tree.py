@@ -54,10 +54,20 @@ class TreeOps:
         self.nr_memcgs -= 1
         for key in [k for k in self.create_queue if k[0] is memcg]:
             del self.create_queue[key]
+        self.check_for_release(memcg.parent)
         # A control command can charge a cgroup it is not in (cg=) and sleep on its OOM;
         # the cgroup is gone now: wake the sleepers so they retry (and fail) instead of
         # waiting for an unrelated memcg_oom_recover.
         self._oom_recover()
+
+    def check_for_release(self, memcg: Memcg) -> None:
+        """3.3 kernel/cgroup.c: a task left `memcg` or a child of it was removed, so it is
+        CGRP_RELEASABLE; with notify_on_release and neither tasks nor children left,
+        check_for_release queues it for the release agent. kmemfs logs a `release` event and
+        never runs the agent (docs/semantics.md §13)."""
+        if (not memcg.is_root and not memcg.removed and memcg.notify_on_release
+                and not memcg.tasks and not memcg.children):
+            self.emit("release", cgroup=memcg.path())
 
     def _check_empty(self, memcg):
         if memcg.tasks:
