@@ -1259,6 +1259,27 @@ def test_page_charges_with_the_stock():
     assert check(e) == []
 
 
+def test_release_event_where_3_3_queues_the_agent(e):
+    """3.3.8 kernel/cgroup.c: a task leaving (cgroup_task_migrate, cgroup_exit) or a child's
+    cgroup_rmdir marks the cgroup releasable, and check_for_release queues it for the
+    release agent when notify_on_release is set and it has no tasks and no children. kmemfs
+    logs `release` there and runs nothing (docs/semantics.md §13)."""
+    p = e.mkdir(e.root, "p")
+    q = e.mkdir(e.root, "q")
+    p.notify_on_release = True
+    c = e.mkdir(p, "c")
+    assert c.notify_on_release                       # inherited at creation
+    t = e.attach(c, 4242)
+    e.attach(q, 4242)                                # c's last task leaves
+    e.rmdir(c)                                       # p's last child goes
+    s, _ = e.spawn(p)
+    e.exit_task(s.pid)                               # p's last task exits
+    e.attach(q, 4343)
+    e.attach(e.root, 4343)                           # q has no notify_on_release
+    assert [f["cgroup"] for _, f in events(e, "release")] == ["/p/c", "/p", "/p"]
+    assert t.memcg is q
+
+
 def test_stock_drain_is_scoped_to_the_subtree():
     """3.3.8 mm/memcontrol.c drain_all_stock: a stock is drained only when its memcg is the
     target or, for a hierarchical target, below it (mem_cgroup_same_or_subtree); rmdir and

@@ -122,7 +122,8 @@ def test_sigterm_saves_and_unmounts(tmp_path, mounts):
 @pytest.mark.parametrize("damage,reason", [
     (lambda d: b"not a state at all", "not a kmemfs state file"),
     (lambda d: d[:-10], "checksum mismatch"),
-    (lambda d: d.replace(b"KMEMFS-STATE 1", b"KMEMFS-STATE 9", 1), "format '9'"),
+    (lambda d: d.replace(b"KMEMFS-STATE %d" % state.VERSION, b"KMEMFS-STATE 9", 1),
+     "format '9'"),
 ])
 def test_corrupt_state_is_refused(tmp_path, damage, reason):
     st = tmp_path / "model.state"
@@ -150,7 +151,7 @@ def test_state_cannot_run_code(tmp_path):
         def __reduce__(self):
             return (os.system, ("touch " + str(tmp_path / "pwned"),))
     payload = pickle.dumps({"engine": Evil()})
-    data = b"KMEMFS-STATE 1\n" + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+    data = b"KMEMFS-STATE %d\n" % state.VERSION + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
     with pytest.raises(state.StateError, match="never holds"):
         state.loads(data)
     assert not (tmp_path / "pwned").exists()

@@ -12,7 +12,7 @@ import os
 import pickle
 
 MAGIC = b"KMEMFS-STATE"
-VERSION = 1
+VERSION = 2     # 2: Memcg.threshold_checks, Task.memdie
 ALLOWED = {("collections", "deque"), ("builtins", "set"), ("builtins", "frozenset"),
            ("copyreg", "_reconstructor"), ("builtins", "object")}
 
