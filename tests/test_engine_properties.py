@@ -34,10 +34,10 @@ def near(usage, d):
 
 class EngineMachine(RuleBasedStateMachine):
     @initialize(acct_root=st.booleans(), swap=st.booleans(), nr_cpus=st.sampled_from([1, 2]),
-                batch=st.sampled_from([0, 0, 32]), boot=st.booleans())
-    def setup(self, acct_root, swap, nr_cpus, batch, boot):
+                batch=st.sampled_from([0, 32, 32]), boot=st.booleans(), numa=st.booleans())
+    def setup(self, acct_root, swap, nr_cpus, batch, boot, numa):
         self.e = make_engine(acct_root=acct_root, swap_account=swap, nr_cpus=nr_cpus,
-                             charge_batch=batch, boot_slabs=boot)
+                             charge_batch=batch, boot_slabs=boot, numa=numa)
         self.next_host_pid = 100
 
     # ------------------------------------------------------------------ helpers
