@@ -20,8 +20,11 @@ options (-o, comma separated):
   noswapaccount       swapaccount=0: no memory.memsw.* files, no memsw charges
   allow_other         let other users in; modes are then enforced (default_permissions)
   nonempty            mount over a directory that is not empty (refused otherwise)
-  charge_batch=N      per-CPU charge stock of N pages (3.3 uses 32); 0 (default) = exact
+  charge_batch=N      per-CPU charge stock of N pages (default 32, 3.3's CHARGE_BATCH): res
+                      usage runs up to N-1 pages ahead; 0 = no stock, exact counters
   nr_cpus=N           CPUs the SLAB model assumes (free_limit, array caches); default 1
+  numa                CONFIG_NUMA: a failing slab grow is charged three times (twice
+                      GFP_THISNODE, i.e. NORETRY, then fallback_alloc); default off
   noboot_slabs        start the original caches empty instead of as the catalogue recorded
   noarray_caches      no SLAB array caches: frees reach the slabs at once
   max_memcgs=N        cap on cgroups (default 65535, CSS_ID_MAX): mkdir beyond is ENOSPC

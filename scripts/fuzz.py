@@ -61,6 +61,8 @@ FILES = {
     "memory.memsw.failcnt": ("trigger", set()),
     "memory.kmem.tcp.limit_in_bytes": ("mem", set()),
     "memory.kmem.tcp.usage_in_bytes": ("ro", None),
+    "memory.kmem.tcp.failcnt": ("trigger", set()),
+    "memory.kmem.tcp.max_usage_in_bytes": ("trigger", set()),
     "memory.kmem.usage_in_bytes": ("ro", None),
     "memory.kmem.limit_in_bytes": ("mem", {E.EINVAL, E.EBUSY}),
     "memory.kmem.independent_kmem_limit": ("u64", set()),

@@ -75,10 +75,12 @@ def free_limit(name: str, nr_cpus: int = 1) -> int:
 
 
 def make_engine(**config) -> Engine:
-    """An engine on the small catalogue; boot slabs and SLAB's array caches off unless asked
-    for: tests of other rules use the simple SLAB model, tests of the arrays turn them on."""
+    """An engine on the small catalogue; boot slabs, SLAB's array caches and the per-CPU
+    charge stock off unless asked for (3.3's defaults are arrays on and charge_batch=32): tests
+    of other rules use the simple SLAB model and exact counters."""
     config.setdefault("boot_slabs", False)
     config.setdefault("array_caches", False)
+    config.setdefault("charge_batch", 0)
     return Engine(Config(**config), specs=parse_catalogue(CATALOGUE, "test-catalogue"))
 
 

@@ -34,11 +34,12 @@ def near(usage, d):
 
 class EngineMachine(RuleBasedStateMachine):
     @initialize(acct_root=st.booleans(), swap=st.booleans(), nr_cpus=st.sampled_from([1, 2]),
-                batch=st.sampled_from([0, 0, 32]), boot=st.booleans(),
-                arrays=st.sampled_from([True, True, False]))
-    def setup(self, acct_root, swap, nr_cpus, batch, boot, arrays):
+                batch=st.sampled_from([0, 32, 32]), boot=st.booleans(),
+                arrays=st.sampled_from([True, True, False]), numa=st.booleans())
+    def setup(self, acct_root, swap, nr_cpus, batch, boot, arrays, numa):
         self.e = make_engine(acct_root=acct_root, swap_account=swap, nr_cpus=nr_cpus,
-                             charge_batch=batch, boot_slabs=boot, array_caches=arrays)
+                             charge_batch=batch, boot_slabs=boot, array_caches=arrays,
+                             numa=numa)
         self.next_host_pid = 100
 
     # ------------------------------------------------------------------ helpers

@@ -10,6 +10,7 @@ from kmemfs.engine import (GFP_ATOMIC, GFP_KERNEL, GFP_NOFS, GFP_NOIO, GFP_NOWAI
 from kmemfs.engine import render
 from kmemfs.engine.tasks import FORK_RECIPE
 from kmemfs.engine.res_counter import ResCounter
+from kmemfs.engine.result import OOM_DIE
 
 from engine_helpers import (BOOT_BYTES, CATALOGUE, FIRST_SPAWN_BYTES, HEADER, PAGE, events,
                             free_limit, make_engine, row, slab_bytes)
@@ -453,6 +454,13 @@ def test_kmalloc_picks_smallest_size_n(e):
         e.kmalloc_cache(4097)
 
 
+def test_kmalloc_0_is_zero_size_ptr(e):
+    """3.3.8 mm/slab.c __find_general_cachep: `if (!size) return ZERO_SIZE_PTR;`, and
+    __do_kmalloc returns it before 05/10's mem_cgroup_get_kmem_cache ("[PATCH 05/10] memcg:
+    Slab accounting.", 27 Feb 2012): no cache, no object, no copy, no charge."""
+    assert e.kmalloc_cache(0) is None
+
+
 def test_parse_gfp():
     """spec 2.6: gfp names; one base mask plus modifiers; NOACCOUNT is 0x2000."""
     assert parse_gfp("GFP_KERNEL|__GFP_NOACCOUNT") == GFP_KERNEL | Gfp.NOACCOUNT
@@ -684,52 +692,61 @@ def test_under_oom_marks_hierarchical_subtree(e):
     assert (p.under_oom, c.under_oom) == (0, 0)
 
 
-# ============================================================== bypass (spec 2.2 c, 2.3, 2.7)
+# ============================================================== bypass (spec 2.2 c, 2.7; issue 10 items 2-3)
 
-def test_bypass_when_oom_kills_current(e):
-    """spec 2.2 step 2c / 2.7: the OOM killer picks the allocating task: the charge bypasses,
-    the bytes go to the kmem_bypassed ledger, a `bypass` event fires, nothing is charged."""
+def test_bypass_is_a_failure_on_3_3(e):
+    """3.3.8 mm/memcontrol.c __mem_cgroup_try_charge: an OOM kill of the charger leaves
+    through `bypass:` with -EINTR ("[PATCH v3] memcg: return -EINTR at bypassing
+    try_charge()", Kamezawa, 21 Dec 2011, merged for 3.3); 01/10's memcg_charge_kmem returns
+    -ENOMEM for any non-zero return (diff in "[PATCH 07/10] memcg: Stop res_counter
+    underflows.", 27 Feb 2012), so the slab does not grow and 07/10's ledger never books:
+    kernel_bypassed_memory reads 0. The spec's 2.2 step 2c (success with no memcg) is not
+    what this base does."""
     a, (t,) = _dependent_at_limit(e, tasks=(8,))
+    usage, kmem = a.res.usage, a.kmem.usage
     seq = e.event_seq
     r = e.alloc(e.cache("dentry"), 1, a, task=t)
-    assert r.ok and r.done == 1
+    assert r.status == "killed" and r.done == 0
     assert t.pid not in e.tasks
-    assert a.kmem_bypassed == PAGE and a.kmem.usage == PAGE and a.res.usage == PAGE
+    assert a.kmem_bypassed == 0 and a.kmem.usage == kmem
+    assert a.res.usage == usage - 8 * PAGE           # only the victim's rss went
     kinds = [k for k, _ in events(e, since=seq)]
     assert kinds.index("oom_kill") < kinds.index("bypass")
     assert events(e, "bypass", seq) == [("bypass", {"cgroup": "/a", "bytes": PAGE})]
-    assert "kernel_bypassed_memory 4096\n" in render.memory_stat(e, a)
+    assert "kernel_bypassed_memory 0\n" in render.memory_stat(e, a)
 
 
-def test_bypass_ledger_absorbs_next_uncharges(e):
-    """spec 2.3 / 2.9 f: later uncharges of that memcg are absorbed by the ledger first, even
-    when the slab freed was a normally charged one."""
-    a, (t,) = _dependent_at_limit(e, tasks=(8,))
-    e.alloc(e.cache("dentry"), 1, a, task=t)            # bypassed slab S2 (1 object)
-    assert (a.kmem.usage, a.kmem_bypassed) == (PAGE, PAGE)
-    e.alloc(e.cache("dentry"), 21, a)                   # fills S2, grows charged S3
-    assert (a.kmem.usage, a.res.usage) == (2 * PAGE, 2 * PAGE)
-    e.free_named("dentry", 2, a)                        # S3 empty
-    e.reap()                                            # S3's uncharge is absorbed
-    assert (a.kmem.usage, a.res.usage, a.kmem_bypassed) == (2 * PAGE, 2 * PAGE, 0)
-    e.free_named("dentry", 40, a)
-    e.reap()
-    assert (a.kmem.usage, a.res.usage) == (0, 0)
-    assert not events(e, "uncharge_underflow")
-
-
-def test_bypass_with_acct_root_goes_to_root():
-    """spec 2.2 step 4 / 2.8: with ACCT_ROOT a bypassed charge is charged to root's kmem, and
-    the absorbed uncharge comes off root's kmem."""
+def test_bypass_with_acct_root_charges_nothing():
+    """3.3.8 __mem_cgroup_try_charge `bypass:` (-EINTR) + 01/10 + 08/10: the failed charge
+    books nothing anywhere, root's kmem included (08/10 only pays for charges that
+    succeed with no memcg)."""
     e = make_engine(acct_root=True)
     a, (t,) = _dependent_at_limit(e, tasks=(8,))
-    e.alloc(e.cache("dentry"), 1, a, task=t)
-    assert e.root.kmem.usage == PAGE and a.kmem_bypassed == PAGE
-    e.alloc(e.cache("dentry"), 19, a)
-    e.free_named("dentry", 20, a)
-    e.reap()
-    assert e.root.kmem.usage == 0 and a.kmem_bypassed == 0 and a.kmem.usage == PAGE
+    before = e.root.kmem.usage
+    assert e.alloc(e.cache("dentry"), 1, a, task=t).status == "killed"
+    assert e.root.kmem.usage == before and a.kmem_bypassed == 0
     assert check(e) == []
+
+
+def test_dying_task_bypasses_at_the_top_of_try_charge(e):
+    """3.3.8 mm/memcontrol.c __mem_cgroup_try_charge: `if (unlikely(test_thread_flag(TIF_MEMDIE)
+    || fatal_signal_pending(current))) goto bypass;` comes first, before the root check:
+    the OOM victim's later charges neither charge nor reclaim nor start a second OOM round
+    (no `victim=none`)."""
+    a, (t,) = _dependent_at_limit(e, tasks=(8,))
+    seq = e.event_seq
+    r = e.alloc(e.cache("dentry"), 41, a, task=t)          # would need 3 grows
+    assert r.status == "killed" and r.done == 0
+    assert len(events(e, "oom_kill", seq)) == 1
+    assert t.memdie
+    failcnt = a.res.failcnt
+    seq = e.event_seq
+    assert e.try_charge(a, GFP_KERNEL, 1, True, t) == OOM_DIE
+    assert e.try_charge(e.root, GFP_KERNEL, 1, True, t) == OOM_DIE
+    assert a.res.failcnt == failcnt
+    assert e.charge_user(a, "anon", PAGE, task=t).status == "killed"
+    assert a.rss_bytes == 0 and a.res.failcnt == failcnt
+    assert [k for k, _ in events(e, since=seq)] == ["bypass"] * 3
 
 
 # ============================================================== rmdir and dead caches (4.1, 3.5)
@@ -807,8 +824,11 @@ def test_rmdir_with_acct_root_moves_kmem_to_root():
     e.rmdir(a)
     assert c.memcg is e.root and c.name == "dentry(a)dead"
     assert (e.root.kmem.usage, e.root.res.usage) == (2 * PAGE, 2 * PAGE)
-    # listed in root's file (the engine's choice for open question 9.1)
-    assert "dentry(a)dead" in render.memcg_slabinfo(e, e.root)
+    # 09/10's root file lists memcg == NULL caches only ("[PATCH v2 12/13] memcg: Per-memcg
+    # memory.kmem.slabinfo file.", 9 Mar 2012: root -> NULL): a dead copy pointing at root is
+    # in no memory.kmem.slabinfo; /proc/slabinfo still has it
+    assert "dentry(a)dead" not in render.memcg_slabinfo(e, e.root)
+    assert "dentry(a)dead" in render.slabinfo(e)
     e.free(c, a.pool, 25)
     e.reap()
     assert (e.root.kmem.usage, e.root.res.usage) == (0, 0)
@@ -934,8 +954,10 @@ def test_memory_stat_values_and_totals(e):
     assert stat["total_pgfault"] == "3" and stat["total_cache"] == str(2 * PAGE)
 
 
-def test_total_kernel_bypassed_memory_sums_subtree(e):
-    """spec 1.5 / 2.7: total_kernel_bypassed_memory is the subtree sum."""
+def test_total_kernel_bypassed_memory_reads_0_on_3_3(e):
+    """07/10 adds kernel_bypassed_memory / total_kernel_bypassed_memory (spec 1.5, 2.7); on
+    3.3 the ledger never books (3.3.8 __mem_cgroup_try_charge returns -EINTR at `bypass:`),
+    so both read 0 even after the charger is OOM-killed in a child."""
     p = e.mkdir(e.root, "p")
     e.set_use_hierarchy(p, 1)
     c = e.mkdir(p, "c")
@@ -943,11 +965,11 @@ def test_total_kernel_bypassed_memory_sums_subtree(e):
     e.alloc(e.cache("dentry"), 20, c)
     e.charge_user(c, "anon", 4 * PAGE, task=t)
     e.set_limit(p, p.res.usage)
-    assert e.alloc(e.cache("dentry"), 1, c, task=t).ok
-    assert c.kmem_bypassed == PAGE
+    assert e.alloc(e.cache("dentry"), 1, c, task=t).status == "killed"
+    assert events(e, "bypass") and c.kmem_bypassed == 0
     stat = dict(line.split() for line in render.memory_stat(e, p).splitlines())
     assert stat["kernel_bypassed_memory"] == "0"
-    assert stat["total_kernel_bypassed_memory"] == str(PAGE)
+    assert stat["total_kernel_bypassed_memory"] == "0"
 
 
 def test_hierarchical_memory_limit(e):
@@ -1177,9 +1199,10 @@ def test_attach_moves_anon_only_with_move_charge(e):
 # ============================================================== charge stock (spec 2.1, 2.5)
 
 def test_charge_batch_stock():
-    """spec 2.1 stock slack / 2.5 b: with CHARGE_BATCH the res charge takes a batch of
-    max(32, n) pages and keeps the surplus in the per-CPU stock; multi-page charges draw on
-    it; kmem moves by exact slab sizes; rmdir drains the stock."""
+    """spec 2.1 stock slack / 2.5 b (03/10: consume_stock(memcg, nr_pages)): with CHARGE_BATCH
+    (3.3.8 mm/memcontrol.c, 32 pages) the res charge takes a batch of max(32, n) pages and
+    keeps the surplus in the per-CPU stock; multi-page charges draw on it; kmem moves by exact
+    slab sizes; another memcg's batch drains it (refill_stock); rmdir drains it."""
     e = make_engine(charge_batch=32)
     a = e.mkdir(e.root, "a")
     e.alloc(e.cache("dentry"), 1, a)
@@ -1187,13 +1210,12 @@ def test_charge_batch_stock():
     e.alloc(e.cache("task_struct"), 1, a)          # 2 pages from the stock
     assert (a.kmem.usage, a.res.usage, e.stock_pages(a)) == (3 * PAGE, 32 * PAGE, 29)
     assert check(e) == []
-    e.set_limit(a, 20 * PAGE)                      # reclaim drains the stock first
-    assert e.stock_pages(a) == 0 and a.res.usage == 3 * PAGE
-    e.alloc(e.cache("pid"), 1, a)                  # the batch does not fit: exact size
-    assert a.res.usage == 4 * PAGE and e.stock_pages(a) == 0 and a.res.failcnt == 1
     b = e.mkdir(e.root, "b")
-    e.alloc(e.cache("dentry"), 1, b)
-    assert e.stock_pages(b) == 31 and e.stock_pages(a) == 0
+    e.alloc(e.cache("dentry"), 1, b)               # refill_stock: a's 29 pages go back
+    assert e.stock_pages(b) == 31 and e.stock_pages(a) == 0 and a.res.usage == 3 * PAGE
+    e.set_limit(a, 4 * PAGE)
+    e.alloc(e.cache("pid"), 1, a)                  # the batch does not fit: exact size
+    assert a.res.usage == 4 * PAGE and e.stock_pages(b) == 31 and a.res.failcnt == 1
     e.free_named("dentry", 1, b)
     e.reap()
     e.rmdir(b)
@@ -1201,25 +1223,110 @@ def test_charge_batch_stock():
     assert check(e) == []
 
 
+def test_limit_write_does_not_drain_the_stock():
+    """3.3.8 mm/memcontrol.c mem_cgroup_resize_limit -> mem_cgroup_reclaim(SHRINK): the drain
+    (drain_all_stock_async) comes only from the second pass, and the loop stops after the
+    first when mem_cgroup_margin — still against the old limit — is not 0. So a limit below
+    usage-with-stock is EBUSY when nothing is reclaimable; only with usage exactly at the old
+    limit does a second pass drain the stock."""
+    e = make_engine(charge_batch=32)
+    a = e.mkdir(e.root, "a")
+    e.alloc(e.cache("dentry"), 1, a)
+    assert a.res.usage == 32 * PAGE and e.stock_pages(a) == 31
+    with raises(errno.EBUSY):
+        e.set_limit(a, 20 * PAGE)
+    assert e.stock_pages(a) == 31 and a.res.limit == RESOURCE_MAX
+    e.set_limit(a, 32 * PAGE)                      # usage == limit: margin 0
+    seq = e.event_seq
+    e.set_limit(a, 20 * PAGE)                      # pass 1 frees nothing, pass 2 drains
+    assert e.stock == [None, 0] and a.res.usage == PAGE and a.res.limit == 20 * PAGE
+    assert [f["pages"] for _, f in events(e, "reclaim", seq)] == [0, 0]
+    assert check(e) == []
+
+
+def test_page_charges_with_the_stock():
+    """3.3.8 __mem_cgroup_try_charge for one page: consume_stock, else a batch of
+    CHARGE_BATCH (32) with the surplus to refill_stock, else (batch over the limit: one
+    failcnt, no reclaim) the single page. Charging many pages at once ends as one by one."""
+    e = make_engine(charge_batch=32)
+    a = e.mkdir(e.root, "a")
+    e.charge_user(a, "file", 40 * PAGE)            # 2 batches: 64 pages, 24 in the stock
+    assert (a.res.usage, e.stock_pages(a), a.res.failcnt) == (64 * PAGE, 24, 0)
+    assert a.res.max_usage == 64 * PAGE
+    e.charge_user(a, "file", 24 * PAGE)            # all from the stock
+    assert (a.res.usage, e.stock_pages(a)) == (64 * PAGE, 0)
+    e.set_limit(a, 70 * PAGE)
+    e.charge_user(a, "file", 3 * PAGE)             # each batch fails: 3 single pages
+    assert (a.res.usage, e.stock_pages(a), a.res.failcnt) == (67 * PAGE, 0, 3)
+    assert a.cache_bytes == 67 * PAGE
+    assert check(e) == []
+
+
+def test_release_event_where_3_3_queues_the_agent(e):
+    """3.3.8 kernel/cgroup.c: a task leaving (cgroup_task_migrate, cgroup_exit) or a child's
+    cgroup_rmdir marks the cgroup releasable, and check_for_release queues it for the
+    release agent when notify_on_release is set and it has no tasks and no children. kmemfs
+    logs `release` there and runs nothing (docs/semantics.md §13)."""
+    p = e.mkdir(e.root, "p")
+    q = e.mkdir(e.root, "q")
+    p.notify_on_release = True
+    c = e.mkdir(p, "c")
+    assert c.notify_on_release                       # inherited at creation
+    t = e.attach(c, 4242)
+    e.attach(q, 4242)                                # c's last task leaves
+    e.rmdir(c)                                       # p's last child goes
+    s, _ = e.spawn(p)
+    e.exit_task(s.pid)                               # p's last task exits
+    e.attach(q, 4343)
+    e.attach(e.root, 4343)                           # q has no notify_on_release
+    assert [f["cgroup"] for _, f in events(e, "release")] == ["/p/c", "/p", "/p"]
+    assert t.memcg is q
+
+
+def test_stock_drain_is_scoped_to_the_subtree():
+    """3.3.8 mm/memcontrol.c drain_all_stock: a stock is drained only when its memcg is the
+    target or, for a hierarchical target, below it (mem_cgroup_same_or_subtree); rmdir and
+    force_empty (mem_cgroup_force_empty -> drain_all_stock_sync) of an unrelated cgroup
+    leave another cgroup's stock alone."""
+    e = make_engine(charge_batch=32)
+    a = e.mkdir(e.root, "a")
+    b = e.mkdir(e.root, "b")
+    e.alloc(e.cache("dentry"), 1, b)
+    assert e.stock_pages(b) == 31
+    e.force_empty(a)
+    e.rmdir(a)
+    assert e.stock_pages(b) == 31 and b.res.usage == 32 * PAGE
+    e.drain_all_stock(e.root)                      # root is not hierarchical here
+    assert e.stock_pages(b) == 31
+    p = e.mkdir(e.root, "p")
+    e.set_use_hierarchy(p, 1)
+    c = e.mkdir(p, "c")
+    e.alloc(e.cache("dentry"), 1, c)
+    assert e.stock_pages(c) == 31 and e.stock_pages(b) == 0   # refill_stock drained b's
+    e.drain_all_stock(p)                           # hierarchical ancestor: c's stock goes
+    assert e.stock == [None, 0] and c.res.usage == p.res.usage == PAGE
+    assert check(e) == []
+
+
 # ============================================================== regressions found by the property test
 
 def test_oom_kill_of_current_task_owning_the_objects(e):
-    """spec 2.2 c / 2.4: the task allocating into its own objects is OOM-killed mid-call: the
-    allocation bypasses and completes, the exit frees everything it held, and the cache's
-    slab bookkeeping stays consistent (was corrupted before the fix)."""
+    """spec 2.4 + 3.3.8 __mem_cgroup_try_charge (`bypass:` is -EINTR) + mm/slab.c
+    cache_alloc_refill (a failed cache_grow with nothing in the array returns NULL): the task
+    allocating into its own objects is OOM-killed mid-call: the allocation fails, the exit
+    frees everything it held, and the cache's slab bookkeeping stays consistent."""
     a = e.mkdir(e.root, "a")
     t, _ = e.spawn(a)
     e.charge_user(a, "anon", 10 * PAGE, task=t)
     e.alloc(e.cache("dentry"), 20, a, task=t, owner=t.objs)
     e.set_limit(a, a.res.usage)
     r = e.alloc(e.cache("dentry"), 30, a, task=t, owner=t.objs)
-    assert r.ok and r.done == 30
+    assert r.status == "killed" and r.done == 0
     assert t.pid not in e.tasks and not t.objs.runs
-    # The kill emptied slab 1 (its 20 dentries were t's); the bypassed slab 2 took 20 and
-    # slab 1 (now free) the other 10; the exit then freed all 30: 2 empty slabs remain.
+    # The kill emptied slab 1 (its 20 dentries were t's); no slab was added.
     c = copy_of(e, a, "dentry")
-    assert c.active_objs == 0 and c.nr_slabs == 2 and len(c.free) == 2
-    assert a.kmem_bypassed == PAGE and a.kmem.usage == FIRST_SPAWN_BYTES + PAGE
+    assert c.active_objs == 0 and c.nr_slabs == 1 and len(c.free) == 1
+    assert a.kmem_bypassed == 0 and a.kmem.usage == FIRST_SPAWN_BYTES + PAGE
 
 
 def test_hierarchical_leak_bookkeeping_three_levels(e):

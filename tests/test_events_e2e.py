@@ -11,6 +11,12 @@ from mounting import sh
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture
+def mnt(mount_factory):
+    """Exact counters (charge_batch=0: no per-CPU stock), so thresholds sit at known bytes."""
+    return mount_factory(options=["charge_batch=0"])
+
+
 def ctl(m, command):
     sh(f"echo '{command}' > {m.p('.kmemfs', 'ctl')}", check=True)
 
@@ -55,10 +61,43 @@ def test_usage_threshold_fires_when_crossed_either_way(mnt, registered):
 
 
 def test_memsw_threshold(mnt, registered):
+    """3.3.8 mm/memcontrol.c: memcg_check_events (-> mem_cgroup_threshold) runs from
+    __mem_cgroup_commit_charge, __mem_cgroup_uncharge_common and mem_cgroup_move_account
+    only; the series' slab charge (memcg_charge_kmem -> __mem_cgroup_try_charge, "[PATCH
+    07/10]", 27 Feb 2012) never calls it. A kmem charge over the threshold is seen at the
+    next page event."""
     os.mkdir(mnt.p("a"))
     efd = registered("a", "memory.memsw.usage_in_bytes", "8K")
     ctl(mnt, "alloc dentry 100 cg=/a")                # 5 slab pages, kmem charged to memsw too
+    assert fired(efd) == 0
+    ctl(mnt, "charge file 4K cg=/a")                  # a page charge looks at thresholds
     assert fired(efd) == 1
+    ctl(mnt, "free dentry 100 cg=/a")
+    ctl(mnt, "reap")                                  # slab uncharge: res down, not memsw
+    assert fired(efd) == 0
+
+
+def test_usage_threshold_ignores_slab_charges_until_a_page_event(mnt, registered):
+    """3.3.8 mm/memcontrol.c memcg_check_events callers (page charge, uncharge, move) vs the
+    slab path (kmem_getpages -> memcg_charge_kmem, "[PATCH 05/10] memcg: Slab accounting.",
+    27 Feb 2012): crossing by slab pages fires nothing, up or down, until a page event; a
+    threshold registered at exactly the current usage counts as not yet crossed
+    (mem_cgroup_usage_register_event: `entries[i].threshold < usage`)."""
+    os.mkdir(mnt.p("a"))
+    efd = registered("a", "memory.usage_in_bytes", "8K")
+    ctl(mnt, "alloc dentry 100 cg=/a")                # 5 pages of slab: 20K
+    assert fired(efd) == 0
+    ctl(mnt, "free dentry 100 cg=/a")
+    ctl(mnt, "reap")                                  # back to 0 by slab uncharges only
+    assert fired(efd) == 0
+    ctl(mnt, "alloc dentry 100 cg=/a")
+    ctl(mnt, "charge file 4K cg=/a")                  # the page event sees 24K > 8K
+    assert fired(efd) == 1
+    ctl(mnt, "uncharge file 4K cg=/a")
+    assert fired(efd) == 0
+    at = registered("a", "memory.usage_in_bytes", "20K")   # usage is exactly 20K
+    ctl(mnt, "charge file 4K cg=/a")
+    assert fired(at) == 1 and fired(efd) == 0
 
 
 def test_oom_notification_on_kill_and_on_sleep(mnt, registered):

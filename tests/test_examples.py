@@ -133,6 +133,7 @@ def test_root_accounting(mount_factory):
     assert int(v["root_kmem_unchanged"]) == 1
     assert int(v["root_kmem_after_noaccount"]) == 3 * GEO["size-4096"].pagesperslab * PAGE
     assert int(v["root_kmem_moved"]) == pages("dentry", 100) * PAGE
+    assert int(v["dead_in_root_file"]) == 0         # memcg is root, not NULL (09/10)
     assert int(v["dead_left"]) == 0
     assert int(v["root_kmem_reaped"]) >= pages("dentry", 100) * PAGE
 

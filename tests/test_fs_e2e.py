@@ -9,6 +9,7 @@ the real cgroup v1 memory controller and compare the outputs.
 import contextlib
 import errno
 import os
+import re
 import shutil
 import signal
 import stat
@@ -141,7 +142,9 @@ MEMORY = {
     "memory.use_hierarchy": 0o644, "memory.swappiness": 0o644,
     "memory.move_charge_at_immigrate": 0o644, "memory.oom_control": 0o644,
     "memory.numa_stat": 0o444,
+    # 3.3 net/ipv4/tcp_memcontrol.c tcp_files[]: four files, every memcg
     "memory.kmem.tcp.limit_in_bytes": 0o644, "memory.kmem.tcp.usage_in_bytes": 0o444,
+    "memory.kmem.tcp.failcnt": 0o644, "memory.kmem.tcp.max_usage_in_bytes": 0o644,
     # patch 01/10 + 09/10 (spec 1.1): in every memcg, root included
     "memory.kmem.independent_kmem_limit": 0o644, "memory.kmem.limit_in_bytes": 0o644,
     "memory.kmem.usage_in_bytes": 0o444, "memory.kmem.slabinfo": 0o444,
@@ -371,17 +374,31 @@ def test_root_limits(mount_factory):
     assert r.returncode == 1 and "Invalid argument" in r.stderr
 
 
-def test_tcp_limit_root_einval_and_clamped(mount_factory):
-    """Spec 8.1 / open question 12 (docs/semantics.md §12): 3.3's tcp_update_limit refuses
-    the root memcg (no cg_proto: EINVAL) and clamps a child's value to RESOURCE_MAX."""
+def test_tcp_files_as_3_3_has_them(mount_factory):
+    """3.3 net/ipv4/tcp_memcontrol.c: tcp_files[] has limit_in_bytes, usage_in_bytes, failcnt
+    and max_usage_in_bytes (the last two read_u64 + trigger: 0644, cgroup_file_mode) on every
+    memcg. Root has no cg_proto: tcp_cgroup_read gives RESOURCE_MAX / usage / 0 / 0,
+    tcp_cgroup_write parses first (res_counter_memparse_write_strategy: junk EINVAL) and then
+    tcp_update_limit is EINVAL, tcp_cgroup_reset returns 0. A child's limit is clamped to
+    RESOURCE_MAX (tcp_update_limit); its triggers take any content."""
     m = mount_factory()
-    assert write(m.p("memory.kmem.tcp.limit_in_bytes"), b"1G") == EINVAL
-    os.mkdir(m.p("t"))
-    limit = m.p("t", "memory.kmem.tcp.limit_in_bytes")
+    tcp = lambda *p: m.p(*p[:-1], f"memory.kmem.tcp.{p[-1]}")
+    for where in ((), ("t",)):
+        if where:
+            os.mkdir(m.p(*where))
+        assert read(tcp(*where, "limit_in_bytes")) == f"{RESOURCE_MAX}\n"
+        for f in ("usage_in_bytes", "failcnt", "max_usage_in_bytes"):
+            assert read(tcp(*where, f)) == "0\n"
+        assert write(tcp(*where, "failcnt"), b"abc") == 0
+        assert write(tcp(*where, "max_usage_in_bytes"), b"") == 0
+        assert write(tcp(*where, "usage_in_bytes"), b"5") == EINVAL
+    assert write(tcp("limit_in_bytes"), b"1G") == EINVAL
+    assert write(tcp("limit_in_bytes"), b"junk") == EINVAL
+    assert write(tcp("limit_in_bytes"), b"1" * 70) == E2BIG
+    limit = tcp("t", "limit_in_bytes")
     assert write(limit, b"1") == 0 and read(limit) == "4096\n"
     assert write(limit, str(RESOURCE_MAX).encode()) == 0     # PAGE_ALIGN rounds above it
     assert read(limit) == f"{RESOURCE_MAX}\n"
-    assert read(m.p("t", "memory.kmem.tcp.usage_in_bytes")) == "0\n"
 
 
 def test_memsw_limit_must_stay_above_memory_limit(shared):
@@ -503,6 +520,30 @@ def test_release_agent_is_a_path_max_string(mnt):
     assert write(path, b"/" * 4096) == E2BIG
     assert write(path, b"/" * 4095) == 0
     assert read(path) == "/" * 4095 + "\n"
+
+
+def test_release_agent_is_never_run(mnt, tmp_path):
+    """3.3.8 kernel/cgroup.c: check_for_release queues a cgroup with notify_on_release once
+    it has neither tasks nor children after a task left or a child was removed, and
+    cgroup_release_agent runs release_agent as root (call_usermodehelper, argv = agent and
+    the cgroup's path). kmemfs never runs it (docs/semantics.md §13: a root daemon must not
+    execute a path a user wrote); it logs a `release` event where 3.3 would have."""
+    marker = tmp_path / "ran"
+    agent = tmp_path / "agent.sh"
+    agent.write_text(f"#!/bin/sh\necho \"$1\" > {marker}\n")
+    agent.chmod(0o755)
+    assert write(mnt.p("release_agent"), str(agent).encode()) == 0
+    os.mkdir(mnt.p("p"))
+    assert write(mnt.p("p", "notify_on_release"), b"1") == 0
+    os.mkdir(mnt.p("p", "c"))                         # inherits notify_on_release
+    assert read(mnt.p("p", "c", "notify_on_release")) == "1\n"
+    os.rmdir(mnt.p("p", "c"))                         # p: child removed, now empty
+    pid = re.search(r"pid=(\d+)", ctl(mnt, "spawn cg=/p")).group(1)
+    ctl(mnt, f"exit {pid}")                            # p: its last task left
+    events = read(mnt.p(".kmemfs", "events"))
+    assert re.findall(r" release cgroup=(\S+)", events) == ["/p", "/p"]
+    time.sleep(0.2)                                   # a run agent would have written by now
+    assert not marker.exists()
 
 
 def test_use_hierarchy_rules(mount_factory):
@@ -699,7 +740,7 @@ def test_rename_rules(shared):
     assert os.path.exists(os.path.join(b, "memory.stat"))
     # the renamed cgroup is addressable by its new path in the control plane
     ctl(shared, f"charge anon 8K cg=/{os.path.basename(cg)}/b")
-    assert read(os.path.join(b, "memory.usage_in_bytes")) == "8192\n"
+    assert "rss 8192\n" in read(os.path.join(b, "memory.stat"))
 
 
 def test_no_regular_files_links_or_nodes(shared):
@@ -1089,6 +1130,18 @@ force-empty-read: rc=1 Invalid argument
 force-empty: rc=0 
 failcnt-trigger: rc=0 
 max-usage-trigger: rc=0 
+tcp-modes: rc=0 644 444 644 644 
+tcp-limit-junk: rc=1 Invalid argument
+tcp-limit-minus-2: rc=1 Invalid argument
+tcp-limit-1.5G: rc=1 Invalid argument
+tcp-limit-1KB: rc=1 Invalid argument
+tcp-limit-1G: rc=0 1073741824
+tcp-limit-0x10K: rc=0 16384
+tcp-limit-010M: rc=0 8388608
+tcp-usage-read: rc=0 0
+tcp-usage-write: rc=1 Invalid argument
+tcp-failcnt-trigger: rc=0 0
+tcp-max-usage-trigger: rc=0 0
 tasks-999999999: rc=1 No such process
 tasks-4000000: rc=1 No such process
 procs-999999999: rc=1 No such process
@@ -1146,7 +1199,9 @@ def test_shared_rules_match_the_real_kernel(mnt):
     """The same script against kmemfs and against the real cgroup v1 memory controller
     (in a kmemfs_test_* cgroup) prints the same lines. Only rules both share are in it:
     not "1" -> 4096 (modern kernels round down), not use_hierarchy (forced to 1), not
-    swappiness 101 (modern range is 0..200), not 1T (modern memparse has T)."""
+    swappiness 101 (modern range is 0..200), not 1T (modern memparse has T), not the tcp
+    limit's default or "-1" (modern: PAGE_COUNTER_MAX pages, 3.3: RESOURCE_MAX). The tcp
+    files' modes, parse errors, read-only usage and triggers (3.3 tcp_files[]) are shared."""
     os.mkdir(mnt.p("kmemfs_test_rules"))
     ours = run_rules(mnt.p("kmemfs_test_rules"))
     base = os.path.join(KERNEL_MEMCG, f"kmemfs_test_{os.getpid()}_{uuid.uuid4().hex[:8]}")

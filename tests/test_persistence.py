@@ -135,7 +135,8 @@ def test_sigterm_saves_and_unmounts(tmp_path, mounts):
 @pytest.mark.parametrize("damage,reason", [
     (lambda d: b"not a state at all", "not a kmemfs state file"),
     (lambda d: d[:-10], "checksum mismatch"),
-    (lambda d: d.replace(b"KMEMFS-STATE 2", b"KMEMFS-STATE 9", 1), "format '9'"),
+    (lambda d: d.replace(b"KMEMFS-STATE %d" % state.VERSION, b"KMEMFS-STATE 9", 1),
+     "format '9'"),
 ])
 def test_corrupt_state_is_refused(tmp_path, damage, reason):
     st = tmp_path / "model.state"

@@ -129,7 +129,8 @@ def test_top_live_in_tmux(mnt, tmp_path):
 
 
 # --- record / plot ---------------------------------------------------------------------------
-def test_record_then_plot(mnt, tmp_path):
+def test_record_then_plot(mount_factory, tmp_path):
+    mnt = mount_factory(options=["charge_batch=0"])      # exact counters: usage == kmem
     os.mkdir(mnt.p("w"))
     with open(mnt.p("w", "memory.limit_in_bytes"), "w") as f:
         f.write("1M")
@@ -188,7 +189,7 @@ def test_cgroupspy_walks_and_writes(mount_factory, tmp_path):
     """cgroupspy wants a root holding one directory per controller (/sys/fs/cgroup/memory...):
     mount kmemfs at <root>/memory and hand it <root>."""
     trees = pytest.importorskip("cgroupspy.trees")
-    m = mount_factory(name="cgroup/memory")
+    m = mount_factory(name="cgroup/memory", options=["charge_batch=0"])   # exact usage
     os.mkdir(m.p("web"))
     os.mkdir(m.p("web", "api"))
     ctl(m, "alloc dentry 100 cg=/web/api")

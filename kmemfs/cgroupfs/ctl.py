@@ -210,7 +210,11 @@ class Executor:
     def cmd_kmalloc(self, cmd, a):
         size = self.size(cmd.args[0])
         count = self.count(cmd.args[1]) if len(cmd.args) > 1 else 1
-        return self._alloc(self.engine.kmalloc_cache(max(size, 1)), count, cmd, a, "kmalloc")
+        cache = self.engine.kmalloc_cache(size)
+        if cache is None:    # ZERO_SIZE_PTR: it succeeds, with nothing allocated or charged
+            return (f"ok kmalloc cache=ZERO_SIZE_PTR count={count} cgroup={a.memcg.path()} "
+                    f"gfp={gfp_name(self._gfp(cmd))}")
+        return self._alloc(cache, count, cmd, a, "kmalloc")
 
     def _free(self, name, count, a, verb):
         n = self.engine.free_named(name, count, a.memcg)
@@ -226,7 +230,10 @@ class Executor:
     def cmd_kfree(self, cmd, a):
         size = self.size(cmd.args[0])
         count = self.count(cmd.args[1]) if len(cmd.args) > 1 else 1
-        return self._free(self.engine.kmalloc_cache(max(size, 1)).name, count, a, "kfree")
+        cache = self.engine.kmalloc_cache(size)
+        if cache is None:    # kfree(ZERO_SIZE_PTR) does nothing
+            return f"ok kfree cache=ZERO_SIZE_PTR count={count} cgroup={a.memcg.path()}"
+        return self._free(cache.name, count, a, "kfree")
 
     def _kind(self, cmd):
         if cmd.args[0] not in ("anon", "file"):

@@ -122,9 +122,16 @@ MEMORY = (
            _limit_write(lambda e: e.set_memsw_limit), "string", swap=True),
     CFType("memory.memsw.failcnt", _counter("memsw", "failcnt"),
            _reset(lambda e: e.reset_failcnt, "memsw"), "trigger", swap=True),
+    # 3.3 net/ipv4/tcp_memcontrol.c tcp_files[], on every memcg: root has no cg_proto, so it
+    # reads the defaults (RESOURCE_MAX, 0, 0, 0), its limit write is EINVAL after parsing
+    # (tcp_update_limit) and its triggers do nothing (tcp_cgroup_reset returns 0).
     CFType("memory.kmem.tcp.limit_in_bytes", _counter("tcp", "limit"),
-           _limit_write(lambda e: e.set_tcp_limit), "string"),   # root has no cg_proto: EINVAL
+           _limit_write(lambda e: e.set_tcp_limit, root_einval=False), "string"),
     CFType("memory.kmem.tcp.usage_in_bytes", _counter("tcp", "usage")),
+    CFType("memory.kmem.tcp.failcnt", _counter("tcp", "failcnt"),
+           _reset(lambda e: e.reset_failcnt, "tcp"), "trigger"),
+    CFType("memory.kmem.tcp.max_usage_in_bytes", _counter("tcp", "max_usage"),
+           _reset(lambda e: e.reset_max_usage, "tcp"), "trigger"),
     # patch 01/10 (spec 1.1): no kmem failcnt/max_usage files in this series.
     CFType("memory.kmem.usage_in_bytes", _counter("kmem", "usage")),
     CFType("memory.kmem.limit_in_bytes", _counter("kmem", "limit"),

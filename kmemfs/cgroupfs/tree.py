@@ -351,8 +351,14 @@ class CgroupFS:
             threshold = None
             if cft.event in ("usage", "memsw"):
                 threshold = parse.memparse_write_strategy(args, self.engine.page)
-            reg = Registration(cft.event, threshold, eventfd, self._usage(memcg, cft.event))
-            self.events.setdefault(memcg.id, []).append(reg)
+            regs = self.events.setdefault(memcg.id, [])
+            # mem_cgroup_usage_register_event checks the existing thresholds first, and
+            # counts a new one equal to usage as not yet crossed (entries[i] < usage).
+            if threshold is not None:
+                self._check_thresholds(memcg, [r for r in regs if r.kind == cft.event])
+            usage = self._usage(memcg, cft.event)
+            reg = Registration(cft.event, threshold, eventfd, usage - 1, memcg.threshold_checks)
+            regs.append(reg)
             if cft.event == "oom" and memcg.under_oom:
                 eventfd.signal()
         except Exception:
@@ -370,16 +376,9 @@ class CgroupFS:
             return
         for mid, regs in self.events.items():
             memcg = self.memcgs.get(mid)
-            if memcg is None:
-                continue
-            for reg in regs:
-                if reg.kind == "oom":
-                    continue
-                now = self._usage(memcg, reg.kind)
-                t = reg.threshold
-                if (reg.last < t <= now) or (now < t <= reg.last):
-                    reg.eventfd.signal()
-                reg.last = now
+            if memcg is not None:
+                self._check_thresholds(memcg, [r for r in regs if r.kind != "oom" and
+                                               r.checks != memcg.threshold_checks])
         for _, kind, f in self.engine.events_since(self.seen_event):
             if kind in ("under_oom", "oom_kill"):
                 top = self.by_path(f["cgroup"])
@@ -388,6 +387,17 @@ class CgroupFS:
                         if reg.kind == "oom":
                             reg.eventfd.signal()
         self.seen_event = self.engine.event_seq
+
+    def _check_thresholds(self, memcg, regs) -> None:
+        """__mem_cgroup_threshold: signal the thresholds crossed since the last look. After
+        a change it runs only where the engine's memcg_check_events ran (page charge,
+        uncharge and move paths, never slab charges: issue 10 item 6)."""
+        for reg in regs:
+            now = self._usage(memcg, reg.kind)
+            t = reg.threshold
+            if (reg.last < t <= now) or (now < t <= reg.last):
+                reg.eventfd.signal()
+            reg.last, reg.checks = now, memcg.threshold_checks
 
     def by_path(self, path: str):
         m = self.engine.root
@@ -410,3 +420,4 @@ class Registration:
     threshold: Optional[int]
     eventfd: object
     last: int
+    checks: int = 0       # the memcg's threshold_checks when last looked at

@@ -83,7 +83,11 @@ class CacheOps:
             raise EngineError(errno.EINVAL, f"no cache named {name!r}")
         return c
 
-    def kmalloc_cache(self, size: int) -> KmemCache:
+    def kmalloc_cache(self, size: int):
+        """__find_general_cachep: the smallest size-N that fits; None for size 0, which is
+        kmalloc's ZERO_SIZE_PTR (3.3.8 mm/slab.c): no cache, no object, no charge."""
+        if not size:
+            return None
         for objsize, c in self.kmalloc:
             if objsize >= size:
                 return c
@@ -142,7 +146,7 @@ class CacheOps:
         cache then allocates the slab descriptor (alloc_slabmgmt), a failure of which gives
         the pages back (opps1: kmem_freepages)."""
         def grow():
-            r = self.memcg_charge_kmem(cache.memcg, gfp, cache.pages * self.page, current)
+            r = self.kmem_getpages_charge(cache.memcg, gfp, cache.pages * self.page, current)
             if r != OK:
                 if r == WAIT:
                     res.status, res.wait_on = "wait", self._waiting

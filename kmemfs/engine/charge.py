@@ -4,28 +4,30 @@ OOM killer, and user pages."""
 import errno
 
 from .errors import EngineError
-from .gfp import GFP_KERNEL, Gfp
+from .gfp import GFP_KERNEL, GFP_THISNODE, Gfp
 from .memcg import Memcg
 from .result import NOMEM, NOVICTIM, OK, OOM_DIE, RETRY, WAIT, WOULDBLOCK, Result
 
 MEM_CGROUP_RECLAIM_RETRIES = 5
+MEM_CGROUP_MAX_RECLAIM_LOOPS = 100
 SWAP_CLUSTER_MAX = 32
 
 
 class ChargePath:
     # ------------------------------------------------------------------ kmem charge (spec 2.2-2.3)
     def memcg_charge_kmem(self, memcg, gfp: Gfp, delta: int, current=None) -> int:
+        """01/10 + 07/10 + 08/10. Returns OK, or why the slab may not grow: NOMEM, WAIT, or
+        OOM_DIE (the charger is dying: 3.3's try_charge left through `bypass:` with -EINTR,
+        which 01/10 turns into -ENOMEM like any non-zero return)."""
         may_oom = bool(gfp & Gfp.WAIT and gfp & Gfp.FS and not gfp & Gfp.NORETRY)
         if memcg is not None and not memcg.independent_kmem_limit:
             r = self.try_charge(memcg, gfp, delta // self.page, may_oom, current)
-            if r in (NOMEM, WAIT):
+            if r != OK:
                 return r
-            if r == OOM_DIE:
-                if not memcg.is_root:
-                    memcg.kmem_bypassed += delta
-                    self.emit("bypass", cgroup=memcg.path(), bytes=delta)
-                memcg = None
-            elif not memcg.is_root:
+            # 07/10's `!_memcg` branch (the kmem_bypassed ledger) never fires on 3.3: a
+            # zero return always leaves a memcg in *ptr ("memcg: return -EINTR at
+            # bypassing try_charge()", Dec 2011, in 3.3).
+            if not memcg.is_root:
                 memcg.kmem_in_res += delta
                 if self.config.swap_account:
                     memcg.kmem_in_memsw += delta
@@ -45,14 +47,24 @@ class ChargePath:
                 self.root.kmem.charge_nofail(delta)
         return OK
 
+    def kmem_getpages_charge(self, memcg, gfp: Gfp, delta: int, current=None) -> int:
+        """The charges of one slab grow (05/10 charges in kmem_getpages), as often as 3.3's
+        SLAB calls kmem_getpages for it. Without CONFIG_NUMA once. With it (mm/slab.c
+        __do_cache_alloc): cache_alloc_refill grows with flags|GFP_THISNODE, then
+        ____cache_alloc_node grows with flags|GFP_THISNODE, then fallback_alloc (no other
+        node has free objects: everything lives on node 0) calls kmem_getpages with the
+        caller's flags. GFP_THISNODE carries __GFP_NORETRY, so the first two fail at the
+        limit without reclaim (03/10), each counted in failcnt."""
+        if self.config.numa:
+            for _ in range(2):
+                r = self.memcg_charge_kmem(memcg, gfp | GFP_THISNODE, delta, current)
+                if r == OK:
+                    return OK
+        return self.memcg_charge_kmem(memcg, gfp, delta, current)
+
     def memcg_uncharge_kmem(self, memcg, delta: int) -> None:
-        if memcg is not None and memcg.kmem_bypassed > 0:
-            b = min(memcg.kmem_bypassed, delta)
-            self.memcg_uncharge_kmem(None, b)
-            memcg.kmem_bypassed -= b
-            delta -= b
-            if not delta:
-                return
+        """01/10 + 07/10 + 08/10. 07/10's ledger step (uncharge kmem_bypassed first) is left
+        out: on 3.3 the ledger is always 0 (see memcg_charge_kmem)."""
         if memcg is not None:
             self._uncharge(memcg.kmem, delta, "kmem")
             if not memcg.independent_kmem_limit:
@@ -73,7 +85,11 @@ class ChargePath:
 
     # ------------------------------------------------------------------ memcg charge (spec 2.4-2.5)
     def try_charge(self, memcg: Memcg, gfp: Gfp, n: int, may_oom: bool, current=None) -> int:
-        """__mem_cgroup_try_charge with patch 03/10. Returns OK, NOMEM, WAIT or OOM_DIE."""
+        """__mem_cgroup_try_charge of 3.3 with patch 03/10. Returns OK, NOMEM, WAIT or
+        OOM_DIE (3.3's `bypass:` exit, -EINTR)."""
+        if current is not None and current.memdie:
+            # TIF_MEMDIE / fatal_signal_pending: leave at the top, before even root's check.
+            return self._bypass(memcg, n)
         if memcg.is_root:
             return OK
         batch = n
@@ -100,8 +116,15 @@ class ChargePath:
                 oom_retries -= 1
             elif r == NOVICTIM:
                 return NOMEM
+            elif r == OOM_DIE:
+                return self._bypass(memcg, n)
             else:
-                return r     # WAIT or OOM_DIE
+                return r     # WAIT
+
+    def _bypass(self, memcg, n) -> int:
+        """`bypass:` *ptr = root_mem_cgroup, return -EINTR: nothing is charged."""
+        self.emit("bypass", cgroup=memcg.path(), bytes=n * self.page)
+        return OOM_DIE
 
     def _do_charge(self, memcg, gfp, batch, n, oom_check, current) -> int:
         size = batch * self.page
@@ -123,7 +146,7 @@ class ChargePath:
             return WOULDBLOCK
         if gfp & Gfp.NORETRY:
             return NOMEM          # 03/10: NOMEM with no reclaim
-        progress = self.reclaim(over, n)
+        progress = self.mem_cgroup_reclaim(over, n)
         if failed.margin() >= n * self.page:
             return RETRY
         if progress:
@@ -155,15 +178,44 @@ class ChargePath:
             self._oom_recover()
         self.stock[:] = [None, 0]
 
+    def drain_all_stock(self, root_memcg: Memcg) -> None:
+        """drain_all_stock: only a stock whose memcg is root_memcg or, when root_memcg is
+        hierarchical, below it (mem_cgroup_same_or_subtree)."""
+        cached = self.stock[0]
+        if cached is not None and (cached is root_memcg or root_memcg.use_hierarchy
+                                   and root_memcg in cached.ancestors()):
+            self.drain_stock()
+
     def stock_pages(self, memcg) -> int:
         return self.stock[1] if self.stock[0] is memcg else 0
 
     # ------------------------------------------------------------------ reclaim and OOM
+    def margin_pages(self, memcg: Memcg) -> int:
+        """mem_cgroup_margin: what res (and memsw) can still take, in pages."""
+        margin = memcg.res.margin()
+        if self.config.swap_account:
+            margin = min(margin, memcg.memsw.margin())
+        return margin // self.page
+
+    def mem_cgroup_reclaim(self, memcg: Memcg, n: int, shrink: bool = False) -> int:
+        """3.3 mem_cgroup_reclaim: reclaim passes; from the second on, the subtree's stock is
+        drained first (drain_all_stock_async, which on this one CPU drains at once). Stops
+        when a limit shrinker made progress, when memcg has any margin, or when two passes
+        freed nothing. So a limit write (shrink) drains the stock only if usage sits exactly
+        at the old limit and nothing is reclaimable."""
+        total = 0
+        for loop in range(MEM_CGROUP_MAX_RECLAIM_LOOPS):
+            if loop:
+                self.drain_all_stock(memcg)
+            total += self.reclaim(memcg, n)
+            if (total and shrink) or self.margin_pages(memcg) or (loop and not total):
+                break
+        return total
+
     def reclaim(self, memcg: Memcg, n: int) -> int:
-        """Hierarchical reclaim of user pages: only page cache can go (no swap, and the
-        series has no shrinker changes, so slab is never shrunk). Returns pages freed."""
-        if self.stock[0] is not None and self.stock[0] in set(memcg.tree()):
-            self.drain_stock()
+        """One pass of hierarchical reclaim (try_to_free_mem_cgroup_pages) of user pages: only
+        page cache can go (no swap, and the series has no shrinker changes, so slab is never
+        shrunk). Returns pages freed."""
         want = max(n, SWAP_CLUSTER_MAX)
         freed = 0
         for m in memcg.tree():
@@ -192,6 +244,7 @@ class ChargePath:
             return NOVICTIM
         self.emit("oom_kill", cgroup=memcg.path(), pid=victim.pid,
                   rss=victim.rss_total(), simulated=int(victim.simulated))
+        victim.memdie = True      # TIF_MEMDIE: its later charges bypass (try_charge)
         self._exit(victim, "oom_kill")
         if victim is current:
             return OOM_DIE
@@ -229,7 +282,13 @@ class ChargePath:
             raise EngineError(errno.ENODEV, "cgroup was removed")
         pages = -(-nbytes // self.page)
         res = Result(pages)
-        if memcg.is_root or self._bulk_fits(memcg, pages):
+        if task is not None and task.memdie:
+            # try_charge's first test: -EINTR, the page is committed to root and freed
+            # with the dying task; nothing stays charged.
+            self._bypass(memcg, 1)
+            res.status = "killed"
+            return res
+        if memcg.is_root or self._bulk_charge(memcg, pages):
             self._account_user(memcg, kind, pages, task)
             res.done = pages
             return res
@@ -245,18 +304,37 @@ class ChargePath:
             break
         return res
 
-    def _bulk_fits(self, memcg, pages) -> bool:
-        if self.config.charge_batch:
+    def _bulk_charge(self, memcg, pages) -> bool:
+        """Charge `pages` one-page charges at once when none would fail: from the stock, then
+        whole batches (each batch: one page charged, the rest to the stock), exactly as one
+        by one (usage only rises, so max_usage ends the same). False, with nothing changed,
+        when some page would need the slow path."""
+        batch = self.config.charge_batch
+        have = self.stock_pages(memcg) if batch else 0
+        need = max(0, pages - have)
+        size = (-(-need // batch) * batch if batch else need) * self.page
+        counters = [memcg.res] + ([memcg.memsw] if self.config.swap_account else [])
+        if size and any(c.usage + size > c.limit for ctr in counters for c in ctr.chain()):
             return False
-        size = pages * self.page
-        if memcg.res.charge(size) is not None:
-            return False
-        if self.config.swap_account and memcg.memsw.charge(size) is not None:
-            memcg.res.uncharge(size)
-            return False
+        if size:
+            for ctr in counters:
+                ctr.charge_nofail(size)
+        if have:
+            self.stock[1] -= min(have, pages)
+        if batch and need:
+            self._refill_stock(memcg, size // self.page - need)
         return True
 
+    def memcg_check_events(self, memcg: Memcg) -> None:
+        """memcg_check_events -> mem_cgroup_threshold: thresholds of memcg and its
+        hierarchical ancestors are looked at. 3.3 calls it only where a page's charge is
+        committed, uncharged or moved, never from the slab charge path (kmem charges go
+        through __mem_cgroup_try_charge alone). The 128-event ratelimit is not modelled."""
+        for c in memcg.res.chain():
+            c.owner.threshold_checks += 1
+
     def _account_user(self, memcg, kind, pages, task) -> None:
+        self.memcg_check_events(memcg)    # __mem_cgroup_commit_charge
         size = pages * self.page
         memcg.pgpgin += pages
         if kind == "anon":
@@ -309,4 +387,5 @@ class ChargePath:
             self._uncharge(memcg.res, size, "res")
             if self.config.swap_account:
                 self._uncharge(memcg.memsw, size, "memsw")
+        self.memcg_check_events(memcg)    # __mem_cgroup_uncharge_common
         self._oom_recover()

@@ -16,8 +16,12 @@ class Config:
     # SLAB's per-CPU array caches and shared array (mm/slab.c array_cache), on as in 3.3.
     # `noarray_caches`: frees reach the slabs at once (the simple model).
     array_caches: bool = True
-    # Per-CPU charge stock (CHARGE_BATCH, 32 pages in 3.3). 0 keeps counters exact.
-    charge_batch: int = 0
+    # CONFIG_NUMA: a slab grow first tries the local node with GFP_THISNODE (twice), then
+    # fallback_alloc with the caller's flags (mm/slab.c __do_cache_alloc).
+    numa: bool = False
+    # Per-CPU charge stock: CHARGE_BATCH, always 32 pages in 3.3 (mm/memcontrol.c).
+    # 0 is an option for exact counters (no stock), which 3.3 itself never has.
+    charge_batch: int = 32
     # Populate the original caches with the catalogue's own object counts, as a booted machine has.
     boot_slabs: bool = True
     max_kmem_cache_types: int = 300   # MAX_KMEM_CACHE_TYPES in v1/10 (spec 3.2)

@@ -10,9 +10,15 @@ class Gfp(enum.IntFlag):
     HIGH = 0x20
     IO = 0x40
     FS = 0x80
+    NOWARN = 0x200
     NOFAIL = 0x800
     NORETRY = 0x1000
     NOACCOUNT = 0x2000  # spec 2.6: between NORETRY 0x1000 and COMP 0x4000
+    THISNODE = 0x40000
+
+
+# GFP_THISNODE with CONFIG_NUMA (0 without): what SLAB's node-local grows add.
+GFP_THISNODE = Gfp.THISNODE | Gfp.NOWARN | Gfp.NORETRY
 
 
 GFP_NOWAIT = Gfp(0)             # GFP_ATOMIC & ~__GFP_HIGH

@@ -15,7 +15,7 @@ class Memcg:
                  "move_charge_at_immigrate", "independent_kmem_limit", "kmem_bypassed",
                  "slabs", "tasks", "cache_bytes", "rss_bytes", "pgpgin", "pgpgout", "pgfault",
                  "pool", "dcache", "files", "oom_wake_seq", "removed", "kmem_leaked", "quirks",
-                 "notify_on_release", "id", "kmem_in_res", "kmem_in_memsw")
+                 "notify_on_release", "id", "kmem_in_res", "kmem_in_memsw", "threshold_checks")
 
     def __init__(self, name: str, parent=None, id: int = 0, swappiness: int = 60):
         self.name = name
@@ -29,7 +29,9 @@ class Memcg:
         # patch 01/10: the kmem counter's parent only if the parent is hierarchical and not root.
         kparent = parent.kmem if hier and parent.parent is not None else None
         self.kmem = ResCounter(kparent, self)
-        self.tcp = ResCounter(None, self)
+        # 3.3 tcp_init_cgroup: the tcp counter's parent is the parent's cg_proto counter:
+        # hierarchical (parent_mem_cgroup) and not root (tcp_proto_cgroup).
+        self.tcp = ResCounter(parent.tcp if hier and parent.parent is not None else None, self)
         self.use_hierarchy = parent.use_hierarchy if parent else False
         self.oom_kill_disable = parent.oom_kill_disable if parent else False
         self.swappiness = swappiness
@@ -52,6 +54,7 @@ class Memcg:
         self.quirks = set()           # documented quirks that relax the invariants here
         self.kmem_in_res = 0          # kmem bytes now held in res (for the invariant checker)
         self.kmem_in_memsw = 0        # kmem bytes ever charged to memsw: never uncharged (spec 2.3)
+        self.threshold_checks = 0     # times mem_cgroup_threshold looked at this memcg
 
     @property
     def is_root(self) -> bool:
@@ -96,7 +99,7 @@ class Memcg:
 
 class Task:
     """A task the model knows: simulated (spawned) or a host pid written to `tasks`."""
-    __slots__ = ("pid", "memcg", "simulated", "rss", "objs", "comm")
+    __slots__ = ("pid", "memcg", "simulated", "rss", "objs", "comm", "memdie")
 
     def __init__(self, pid: int, memcg: Memcg, simulated: bool, comm: str = ""):
         self.pid = pid
@@ -105,6 +108,7 @@ class Task:
         self.rss = {}                 # Memcg -> anon bytes this task has charged there
         self.objs = Owner(f"task {pid}", memcg)
         self.comm = comm
+        self.memdie = False           # TIF_MEMDIE: chosen by the OOM killer
 
     def rss_total(self) -> int:
         return sum(self.rss.values())

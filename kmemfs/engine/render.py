@@ -65,10 +65,11 @@ def slabinfo(engine) -> str:
 
 def memcg_slabinfo(engine, memcg) -> str:
     """memory.kmem.slabinfo: caches whose memcg is this one; root lists the caches with no
-    memcg (originals and dead copies). With ACCT_ROOT dead copies point at root: we list them
-    in root's file too (docs/semantics.md, open question 9.1)."""
+    memcg (originals and dead copies): mem_cgroup_slabinfo_show turns root into NULL ("[PATCH
+    v2 12/13] memcg: Per-memcg memory.kmem.slabinfo file.", 9 Mar 2012). So with ACCT_ROOT,
+    whose dead copies point at root, they are in no cgroup's file (docs/semantics.md §11)."""
     if memcg.is_root:
-        rows = (c for c in engine.caches_newest_first() if c.memcg is None or c.memcg is memcg)
+        rows = (c for c in engine.caches_newest_first() if c.memcg is None)
     else:
         rows = sorted(memcg.slabs.values(), key=lambda c: -c.serial)
     return MEMCG_SLABINFO_HEADER + "".join(c.memcg_slabinfo_row() for c in rows)

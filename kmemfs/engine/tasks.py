@@ -32,9 +32,11 @@ class TaskOps:
             return t
         if memcg.move_charge_at_immigrate & 1:
             self._move_task_charge(t, memcg)
-        del t.memcg.tasks[pid]
+        old = t.memcg
+        del old.tasks[pid]
         t.memcg = memcg
         memcg.tasks[pid] = t
+        self.check_for_release(old)
         return t
 
     def _move_task_charge(self, t: Task, to: Memcg) -> None:
@@ -48,6 +50,7 @@ class TaskOps:
         old.pgpgout -= size // self.page   # a move is not a page-out
         to.rss_bytes += size
         t.rss[to] = t.rss.get(to, 0) + size
+        self.memcg_check_events(to)       # mem_cgroup_move_account
 
     def spawn(self, memcg: Memcg, parent: Task = None) -> tuple:
         """fork(): allocate FORK_RECIPE in memcg's caches; all or nothing. Returns
@@ -89,6 +92,7 @@ class TaskOps:
         del self.tasks[t.pid]
         self.nr_simulated -= t.simulated
         self.emit("task_exit", pid=t.pid, cgroup=t.memcg.path(), reason=reason)
+        self.check_for_release(t.memcg)
 
     # ------------------------------------------------------------------ the dcache
     def touch(self, memcg: Memcg, count: int, gfp: Gfp = GFP_KERNEL, task=None) -> Result:

@@ -39,7 +39,7 @@ class TreeOps:
         if memcg.is_root:
             raise EngineError(errno.EBUSY, "the root cgroup cannot be removed")
         self._check_empty(memcg)
-        self.drain_stock()
+        self.drain_all_stock(memcg)
         self.memcg_kmem_move(memcg)
         self._move_user_pages(memcg)
         if memcg.res.usage:
@@ -54,10 +54,20 @@ class TreeOps:
         self.nr_memcgs -= 1
         for key in [k for k in self.create_queue if k[0] is memcg]:
             del self.create_queue[key]
+        self.check_for_release(memcg.parent)
         # A control command can charge a cgroup it is not in (cg=) and sleep on its OOM;
         # the cgroup is gone now: wake the sleepers so they retry (and fail) instead of
         # waiting for an unrelated memcg_oom_recover.
         self._oom_recover()
+
+    def check_for_release(self, memcg: Memcg) -> None:
+        """3.3 kernel/cgroup.c: a task left `memcg` or a child of it was removed, so it is
+        CGRP_RELEASABLE; with notify_on_release and neither tasks nor children left,
+        check_for_release queues it for the release agent. kmemfs logs a `release` event and
+        never runs the agent (docs/semantics.md §13)."""
+        if (not memcg.is_root and not memcg.removed and memcg.notify_on_release
+                and not memcg.tasks and not memcg.children):
+            self.emit("release", cgroup=memcg.path())
 
     def _check_empty(self, memcg):
         if memcg.tasks:
@@ -119,6 +129,9 @@ class TreeOps:
         raise EngineError(errno.EBUSY, "the parent cannot take the remaining pages")
 
     def _parent_takes(self, parent, pages) -> bool:
+        """mem_cgroup_move_parent charges the parent page by page (no OOM)."""
+        if self._bulk_charge(parent, pages):
+            return True
         return self.try_charge(parent, GFP_KERNEL, pages, False) == OK
 
     def _reparent(self, memcg, parent) -> None:
@@ -129,6 +142,8 @@ class TreeOps:
                 self._uncharge(memcg.memsw, size, "memsw")
         parent.rss_bytes += memcg.rss_bytes
         parent.cache_bytes += memcg.cache_bytes
+        self.memcg_check_events(parent)   # mem_cgroup_move_account: to, then from
+        self.memcg_check_events(memcg)
         for t in self.tasks.values():
             if memcg in t.rss:
                 t.rss[parent] = t.rss.get(parent, 0) + t.rss.pop(memcg)
@@ -139,7 +154,7 @@ class TreeOps:
         if memcg.is_root or host_tasks:
             raise EngineError(errno.EBUSY, "cgroup has tasks")
         self._check_empty(memcg)
-        self.drain_stock()
+        self.drain_all_stock(memcg)
         while memcg.cache_bytes:
             if not self.reclaim(memcg, memcg.cache_bytes // self.page):
                 break
@@ -179,7 +194,7 @@ class TreeOps:
             if counter.usage <= val:
                 counter.limit = val
                 break
-            self.reclaim(memcg, (counter.usage - val) // self.page)
+            self.mem_cgroup_reclaim(memcg, (counter.usage - val) // self.page, shrink=True)
             if counter.usage >= old:
                 retries -= 1
                 if not retries:
@@ -201,7 +216,11 @@ class TreeOps:
         memcg.kmem.set_limit(val)
 
     def set_tcp_limit(self, memcg: Memcg, val: int) -> None:
-        memcg.tcp.set_limit(min(val, RESOURCE_MAX))   # tcp_update_limit clamps
+        """3.3 tcp_update_limit, after the value parsed: root has no cg_proto (EINVAL);
+        clamp to RESOURCE_MAX; res_counter_set_limit (EBUSY below usage)."""
+        if memcg.is_root:
+            raise EngineError(errno.EINVAL, "the root memcg has no tcp counter (no cg_proto)")
+        memcg.tcp.set_limit(min(val, RESOURCE_MAX))
 
     def set_independent(self, memcg: Memcg, val: int) -> None:
         """spec 1.4: no checks at all in v1/10; the old kmem limit stays."""

@@ -23,7 +23,7 @@ class MountError(Exception):
 
 
 BOOL_OPTIONS = {"acct_root": "acct_root", "boot_slabs": "boot_slabs",
-                "array_caches": "array_caches"}
+                "array_caches": "array_caches", "numa": "numa"}
 INT_OPTIONS = {"charge_batch", "nr_cpus", "page_size", "max_memcgs", "vm_swappiness",
                "event_log_size", "max_tasks", "max_objects"}
 FUSE_OPTIONS = {"allow_other", "nonempty"}   # nonempty is kmemfs's own: see check_mountpoint

@@ -18,6 +18,8 @@ step() {   # step LABEL COMMAND [ARGS...]
 w() { printf '%s\n' "$2" > "$1"; }          # echo VALUE > FILE: one write(2)
 wr() { w "$1" "$2" && cat "$1"; }           # write, then read back
 first() { head -n 1 "$1"; }
+modes() { stat -c %a "$@" | tr '\n' ' '; }   # octal modes on one line
+T=memory.kmem.tcp
 
 step mkdir                  mkdir a
 step mkdir-exists           mkdir a
@@ -55,6 +57,18 @@ step force-empty-read       cat a/memory.force_empty
 step force-empty            w a/memory.force_empty 1
 step failcnt-trigger        w a/memory.failcnt abc
 step max-usage-trigger      w a/memory.max_usage_in_bytes 0
+step tcp-modes              modes a/$T.limit_in_bytes a/$T.usage_in_bytes a/$T.failcnt a/$T.max_usage_in_bytes
+step tcp-limit-junk         w a/$T.limit_in_bytes junk
+step tcp-limit-minus-2      w a/$T.limit_in_bytes -2
+step tcp-limit-1.5G         w a/$T.limit_in_bytes 1.5G
+step tcp-limit-1KB          w a/$T.limit_in_bytes 1KB
+step tcp-limit-1G           wr a/$T.limit_in_bytes 1G
+step tcp-limit-0x10K        wr a/$T.limit_in_bytes 0x10K
+step tcp-limit-010M         wr a/$T.limit_in_bytes 010M
+step tcp-usage-read         cat a/$T.usage_in_bytes
+step tcp-usage-write        w a/$T.usage_in_bytes 5
+step tcp-failcnt-trigger    wr a/$T.failcnt abc
+step tcp-max-usage-trigger  wr a/$T.max_usage_in_bytes 0
 step tasks-999999999        w a/tasks 999999999
 step tasks-4000000          w a/tasks 4000000
 step procs-999999999        w a/cgroup.procs 999999999
