@@ -47,6 +47,7 @@ class Engine(CacheOps, ChargePath, TreeOps, TaskOps):
         self.boot = Owner("boot")
         self._waiting = None                  # the memcg a charge would sleep on
         self.cache_serial = 0
+        self.cpu = 0                          # the CPU the current operation runs on (§4a)
         for spec in reversed(specs if specs is not None else _catalogue.load()):
             self.kmem_cache_create(spec)
         self.kmalloc = sorted((c.objsize, c.id, c) for c in self.originals.values()

@@ -23,7 +23,7 @@ from collections import deque
 
 from ..engine import Config, Engine, Memcg, Task, check
 from ..engine.res_counter import ResCounter
-from ..engine.slab import KmemCache, Owner, Slab
+from ..engine.slab import ArrayCache, KmemCache, Owner, Slab
 from .safepath import SafeDir, UnsafePath
 
 MAGIC = b"KMEMFS-STATE"
@@ -238,6 +238,39 @@ def _fields_of(fields, v, objs) -> dict:
     return out
 
 
+class Empty(_Type):
+    """`()`: the engine's "looked up, there is none" (distinct from None, "not looked up")."""
+    def encode(self, v, refs):
+        if v != () or type(v) is not tuple:
+            raise _Bad(f"holds {type(v).__name__}, the schema says ()")
+        return None
+
+    def decode(self, v, objs):
+        if v is not None:
+            raise _Bad(f"{v!r} is not ()")
+        return ()
+
+
+class OneOf(_Type):
+    """The first of several types that takes the value, saved as [its index, the value]."""
+    def __init__(self, *ts):
+        self.ts = ts
+
+    def encode(self, v, refs):
+        for i, t in enumerate(self.ts):
+            try:
+                return [i, t.encode(v, refs)]
+            except _Bad:
+                continue
+        raise _Bad(f"holds a {type(v).__name__}, which none of the schema's choices takes")
+
+    def decode(self, v, objs):
+        if type(v) is not list or len(v) != 2 or type(v[0]) is not int \
+                or not 0 <= v[0] < len(self.ts):
+            raise _Bad("is not a [choice, value] pair")
+        return self.ts[v[0]].decode(v[1], objs)
+
+
 # ---------------------------------------------------------------------------------- schema
 RUN = Row(Ref(Slab), INT, INT, kind=list)        # [slab, count, seq] (engine/slab.py Owner)
 EVENT = Row(INT, STR, Dict(STR, SCALAR))          # (seq, kind, fields)
@@ -252,6 +285,7 @@ SCHEMA = {
         "stock": Row(Opt(Ref(Memcg)), INT, kind=list), "oom_wake_seq": INT,
         "nr_under_oom": INT, "nr_memcgs": INT, "boot": Ref(Owner), "_waiting": Opt(Ref(Memcg)),
         "cache_serial": INT, "kmalloc": List(Row(INT, Ref(KmemCache))), "last_memcg_id": INT,
+        "cpu": INT,
     },
     Memcg: {
         "name": STR, "parent": Opt(Ref(Memcg)), "children": Dict(STR, Ref(Memcg)),
@@ -264,6 +298,7 @@ SCHEMA = {
         "pool": Ref(Owner), "dcache": Ref(Owner), "files": Dict(STR, INT),
         "oom_wake_seq": INT, "removed": BOOL, "kmem_leaked": INT, "quirks": StrSet(),
         "notify_on_release": BOOL, "id": INT, "kmem_in_res": INT, "kmem_in_memsw": INT,
+        "threshold_checks": INT,
     },
     ResCounter: {
         "usage": INT, "max_usage": INT, "limit": INT, "soft_limit": INT, "failcnt": INT,
@@ -271,7 +306,7 @@ SCHEMA = {
     },
     Task: {
         "pid": INT, "memcg": Ref(Memcg), "simulated": BOOL, "rss": Dict(Ref(Memcg), INT),
-        "objs": Ref(Owner), "comm": STR,
+        "objs": Ref(Owner), "comm": STR, "memdie": BOOL,
     },
     Owner: {"runs": Dict(Ref(KmemCache), List(RUN)), "label": STR, "memcg": Opt(Ref(Memcg))},
     KmemCache: {
@@ -281,8 +316,13 @@ SCHEMA = {
         "destroyed": BOOL, "free_limit": INT, "partial": Keys(Ref(Slab)),
         "free": Keys(Ref(Slab)), "nr_slabs": INT, "active_objs": INT, "free_objects": INT,
         "holders": Keys(Ref(Owner)), "serial": INT,
+        "arrays": List(Ref(ArrayCache)), "shared_array": Opt(Ref(ArrayCache)),
+        "free_touched": BOOL, "off_slab": BOOL, "slab_size": INT,
+        "slabp_cache": OneOf(NONE, Empty(), Ref(KmemCache)),
     },
-    Slab: {"inuse": INT},
+    ArrayCache: {"runs": List(Row(Ref(Slab), INT, kind=list), kind=deque), "avail": INT,
+                 "limit": INT, "batchcount": INT, "touched": BOOL},
+    Slab: {"inuse": INT, "mgmt": OneOf(NONE, Empty(), Row(Ref(KmemCache), Ref(Slab)))},
 }
 NAMES = {cls: cls.__name__ for cls in SCHEMA}
 CLASSES = {name: cls for cls, name in NAMES.items()}
@@ -415,11 +455,15 @@ def _check_graph(engine, objs) -> None:
     root = engine.root
     if root.parent is not None or root.removed:
         raise _Bad("the root cgroup has a parent or is removed")
+    if root.id != 1:
+        raise _Bad(f"the root cgroup has id {root.id}, not 1")
     seen, stack, ids = {id(root)}, [root], set()
     while stack:
         m = stack.pop()
         if m.id in ids:
             raise _Bad(f"cgroup id {m.id} appears twice")
+        if not 1 <= m.id <= engine.last_memcg_id:     # inode numbers derive from ids
+            raise _Bad(f"cgroup id {m.id} is out of range 1..{engine.last_memcg_id}")
         ids.add(m.id)
         for name, c in m.children.items():
             if c.parent is not m or c.name != name or id(c) in seen or c.removed:
@@ -439,6 +483,10 @@ def _check_graph(engine, objs) -> None:
             raise _Bad(f"cache {c.name!r} is a copy of a copy")
         if c.num < 1 or c.pages < 1:
             raise _Bad(f"cache {c.name!r} has no objects or pages per slab")
+        for ac in c.arrays + ([c.shared_array] if c.shared_array else []):
+            if not 0 <= ac.avail <= ac.limit or sum(n for _, n in ac.runs) != ac.avail \
+                    or any(n < 1 for _, n in ac.runs):
+                raise _Bad(f"cache {c.name!r} has an array cache whose entries do not add up")
 
 
 def _check_fs(fs) -> None:
