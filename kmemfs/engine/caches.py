@@ -9,11 +9,6 @@ from .memcg import Memcg
 from .result import OK, OOM_DIE, WAIT, Result
 from .slab import KmemCache, Owner
 
-# Plain int: `gfp & (Gfp.A | Gfp.B)` builds IntFlag members on every allocation, which was
-# half the cost of a 1-object alloc+free (scripts/bench_engine.py).
-_NO_COPY = int(Gfp.NOACCOUNT | Gfp.NOFAIL)
-
-
 class CacheOps:
     # ------------------------------------------------------------------ caches
     def kmem_cache_create(self, spec) -> KmemCache:
@@ -88,9 +83,11 @@ class CacheOps:
         self.emit("cache_create", cache=c.name, cgroup=memcg.path())
         return c
 
-    def _select_cache(self, orig: KmemCache, memcg: Memcg, gfp: Gfp, irq: bool) -> KmemCache:
-        """mem_cgroup_get_kmem_cache (spec 3.1): which cache serves this allocation."""
-        if irq or int(gfp) & _NO_COPY or orig.is_copy or memcg is None \
+    def _select_cache(self, orig: KmemCache, memcg: Memcg, gfp: Gfp, irq: bool,
+                      accounted: bool = False) -> KmemCache:
+        """mem_cgroup_get_kmem_cache (spec 3.1): which cache serves this allocation. Whether
+        it is charged at all is the design's decision (policy.py)."""
+        if not self.policy.charges(int(gfp), irq, accounted) or orig.is_copy or memcg is None \
                 or memcg.is_root or memcg.removed:
             return orig
         c = memcg.slabs.get(orig.id)
@@ -147,10 +144,11 @@ class CacheOps:
 
     # ------------------------------------------------------------------ object allocation
     def alloc(self, orig: KmemCache, count: int, memcg: Memcg, gfp: Gfp = GFP_KERNEL,
-              irq: bool = False, task=None, owner=None) -> Result:
-        """kmem_cache_alloc() `count` times by a task of `memcg` (spec 3.1, 2.1)."""
+              irq: bool = False, task=None, owner=None, accounted: bool = False) -> Result:
+        """kmem_cache_alloc() `count` times by a task of `memcg` (spec 3.1, 2.1). `accounted`:
+        the call or cache is marked for accounting (only the optin design looks at it)."""
         res = Result(count)
-        cache = self._select_cache(orig, memcg, gfp, irq)
+        cache = self._select_cache(orig, memcg, gfp, irq, accounted)
         res.cache = cache
         owner = owner if owner is not None else (memcg.pool if memcg else self.boot)
         self.alloc_seq += 1
@@ -165,6 +163,12 @@ class CacheOps:
         n = cache.free_objs(owner, count, self._slab_freed(cache))
         self._after_free(cache)
         return n
+
+    def free_object(self, cache: KmemCache, owner: Owner, slab) -> bool:
+        """Free one object by identity: the cache copy and slab it was allocated from."""
+        ok = cache.free_obj(owner, slab, self._slab_freed(cache))
+        self._after_free(cache)
+        return ok
 
     def free_named(self, name: str, count: int, memcg: Memcg) -> int:
         """`free CACHE COUNT`: an original name frees the cgroup's objects of it (its copy and

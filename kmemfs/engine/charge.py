@@ -16,8 +16,14 @@ class ChargePath:
     # ------------------------------------------------------------------ kmem charge (spec 2.2-2.3)
     def memcg_charge_kmem(self, memcg, gfp: Gfp, delta: int, current=None) -> int:
         may_oom = bool(gfp & Gfp.WAIT and gfp & Gfp.FS and not gfp & Gfp.NORETRY)
+        force = memcg is not None and self.policy.forces(int(gfp))
         if memcg is not None and not memcg.independent_kmem_limit:
             r = self.try_charge(memcg, gfp, delta // self.page, may_oom, current)
+            if r == NOMEM and force:
+                self._force(memcg, memcg.res, delta)
+                if self.config.swap_account:
+                    self._force(memcg, memcg.memsw, delta)
+                r = OK
             if r in (NOMEM, WAIT):
                 return r
             if r == OOM_DIE:
@@ -31,6 +37,9 @@ class ChargePath:
                     memcg.kmem_in_memsw += delta
         if memcg is not None:
             failed = memcg.kmem.charge(delta)
+            if failed is not None and force:
+                self._force(memcg, memcg.kmem, delta)
+                failed = None
             if failed is not None:
                 self.emit("charge_fail", cgroup=failed.owner.path(), counter="kmem", bytes=delta,
                           gfp=int(gfp))
@@ -44,6 +53,11 @@ class ChargePath:
             else:
                 self.root.kmem.charge_nofail(delta)
         return OK
+
+    def _force(self, memcg, counter, delta: int) -> None:
+        """The optin design's __GFP_NOFAIL: charged past the limit (try_charge_memcg force:)."""
+        counter.charge_nofail(delta)
+        self.emit("charge_forced", cgroup=memcg.path(), bytes=delta)
 
     def memcg_uncharge_kmem(self, memcg, delta: int) -> None:
         if memcg is not None and memcg.kmem_bypassed > 0:

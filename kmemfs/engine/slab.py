@@ -121,32 +121,53 @@ class KmemCache:
         that went empty beyond free_limit (mm/slab.c free_block). Returns how many were freed."""
         runs = owner.runs.get(self)
         done = 0
-        num = self.num
         while runs and done < count:
             run = runs[-1]
-            slab = run[0]
             k = min(run[1], count - done)
             run[1] -= k
             if not run[1]:
                 runs.pop()
-            if slab.inuse == num:
-                self.partial[slab] = None   # a full slab becomes partial, at the tail
-            slab.inuse -= k
-            self.free_objects += k
+            self._put(run[0], k, destroy)
             done += k
-            if not slab.inuse:
-                del self.partial[slab]
-                if self.free_objects > self.free_limit:
-                    self.free_objects -= num
-                    self.nr_slabs -= 1
-                    destroy(slab)
-                else:
-                    self.free[slab] = None
         self.active_objs -= done
         if runs is not None and not runs:
             del owner.runs[self]
             del self.holders[owner]
         return done
+
+    def free_obj(self, owner: Owner, slab: Slab, destroy) -> bool:
+        """Free one of `owner`'s objects that lives on `slab` (kmem_cache_free of a known
+        pointer, for replayed traces). False when owner holds none there."""
+        runs = owner.runs.get(self)
+        if runs:
+            for i in range(len(runs) - 1, -1, -1):     # recent objects die first, mostly
+                run = runs[i]
+                if run[0] is slab:
+                    run[1] -= 1
+                    if not run[1]:
+                        del runs[i]
+                        if not runs:
+                            del owner.runs[self]
+                            del self.holders[owner]
+                    self._put(slab, 1, destroy)
+                    self.active_objs -= 1
+                    return True
+        return False
+
+    def _put(self, slab: Slab, k: int, destroy) -> None:
+        """k objects go back to `slab`: partial, free, or destroyed past free_limit."""
+        if slab.inuse == self.num:
+            self.partial[slab] = None   # a full slab becomes partial, at the tail
+        slab.inuse -= k
+        self.free_objects += k
+        if not slab.inuse:
+            del self.partial[slab]
+            if self.free_objects > self.free_limit:
+                self.free_objects -= self.num
+                self.nr_slabs -= 1
+                destroy(slab)
+            else:
+                self.free[slab] = None
 
     def reap(self, destroy) -> int:
         """Destroy every empty slab (cache_reap / drain_freelist). Returns slabs destroyed."""
