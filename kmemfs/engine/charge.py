@@ -19,7 +19,7 @@ class ChargePath:
         force = memcg is not None and self.policy.forces(int(gfp))
         if memcg is not None and not memcg.independent_kmem_limit:
             r = self.try_charge(memcg, gfp, delta // self.page, may_oom, current)
-            if r == NOMEM and force:
+            if force and r in (NOMEM, OOM_DIE):    # a dying task's NOFAIL is forced too
                 self._force(memcg, memcg.res, delta)
                 if self.config.swap_account:
                     self._force(memcg, memcg.memsw, delta)
