@@ -159,6 +159,22 @@ class CacheOps:
             self.free_owner(owner)   # OOM-killed during this call: its exit frees these too
         return res
 
+    def alloc_object(self, orig: KmemCache, memcg: Memcg, gfp, irq: bool, task, owner,
+                     accounted: bool = False):
+        """One object, remembered by identity: (cache, slab, None), or (cache, None, Result)
+        when it failed. With a free slot no slab grows, so nothing is charged: that fast path
+        skips alloc's bookkeeping (replay's hot path, scripts/bench_replay.py)."""
+        cache = self._select_cache(orig, memcg, gfp, irq, accounted)
+        if cache.partial or cache.free:
+            self.alloc_seq += 1
+            cache.alloc(1, owner, self.alloc_seq, None)
+            return cache, owner.runs[cache][-1][0], None
+        r = self.alloc(orig, 1, memcg, gfp, irq, task, owner, accounted)
+        runs = owner.runs.get(r.cache)
+        if r.done and runs:
+            return r.cache, runs[-1][0], r
+        return r.cache, None, r
+
     def free(self, cache: KmemCache, owner: Owner, count: int) -> int:
         n = cache.free_objs(owner, count, self._slab_freed(cache))
         self._after_free(cache)

@@ -12,8 +12,9 @@ No host I/O here besides reading the trace file.
 """
 from __future__ import annotations
 
-import heapq
+import bisect
 import errno
+import operator
 from dataclasses import dataclass, field
 
 from ..engine import Config, Engine, EngineError, catalogue as _catalogue, policy
@@ -87,11 +88,21 @@ class Stats:
 
 
 class _Obj:
-    __slots__ = ("cache", "slab", "owner", "size", "charged", "stats")
+    __slots__ = ("cache", "slab", "owner", "size", "charged")
 
-    def __init__(self, cache, slab, owner, size, charged, stats):
+    def __init__(self, cache, slab, owner, size, charged):
         self.cache, self.slab, self.owner = cache, slab, owner
-        self.size, self.charged, self.stats = size, charged, stats
+        self.size, self.charged = size, charged
+
+
+class _Kind:
+    __slots__ = ("orig", "cs", "bits", "irq", "accounted", "why", "size", "host", "dropped",
+                 "attempts", "done", "charged")
+
+    def __init__(self, orig, cs, bits, irq, accounted, why, size, host, dropped):
+        self.orig, self.cs, self.bits, self.irq, self.accounted = orig, cs, bits, irq, accounted
+        self.why, self.size, self.host, self.dropped = why, size, host, dropped
+        self.attempts = self.done = self.charged = 0    # folded into Stats by finish()
 
 
 class Session:
@@ -104,6 +115,7 @@ class Session:
                                    aliases)
         self.stats = Stats(design=engine.policy.name)
         self.live = {}             # ptr -> _Obj
+        self.kinds = {}            # what an allocation event's fields make of it: _Kind
         self.tasks = {}            # trace pid -> engine Task
         self.trace_pid = {}        # engine pid -> trace pid
         self.killed = set()        # trace pids the model killed (and children they forked)
@@ -111,6 +123,8 @@ class Session:
         self.seen_event = engine.event_seq
         self.resolution = header.time_resolution_ns if header is not None else 1000
         self.blocked = None        # ctl: a Blocked-raising hook for status "wait"
+        self.timeline = []         # run(step_ns=N): (ns since start, live charged, kmem usage)
+        self.start_ns = None       # the first event's time (with step_ns)
         if header is not None and header.inexact:
             self.stats.inexact.append("the capture lost events: " +
                                       ("; ".join(header.notes) or "see the trace header"))
@@ -177,62 +191,76 @@ class Session:
         if o.charged:
             s.live_charged_bytes -= o.size
 
+    def _kind(self, ev):
+        """What the rules make of an allocation event: its catalogue cache, 3.3 gfp bits,
+        context, why the designs differ. Memoised: a trace repeats few kinds."""
+        key = (ev.cache, ev.bytes_alloc, ev.bytes_req, ev.gfp, ev.call_site, ev.context,
+               ev.accounted)
+        k = self.kinds.get(key)
+        if k is None:
+            m = self.mapper(ev)
+            if m.name is None:
+                k = _Kind(None, None, 0, False, False, None, 0, ev.cache,
+                          "memcg-only" if m.rule == "memcg-only" else "unmapped")
+            else:
+                orig = self.engine.originals[m.name]
+                cs = self.stats.caches.get(m.name)
+                if cs is None:
+                    cs = self.stats.caches[m.name] = CacheStats(flagged=m.flagged)
+                bits = names.gfp_info(ev.gfp).bits
+                irq = ev.context != "task"
+                k = _Kind(orig, cs, bits, irq, ev.accounted, policy.why(bits, irq, ev.accounted),
+                          orig.objsize, ev.cache, None)
+            self.kinds[key] = k
+        return k
+
     def _alloc(self, ev) -> None:
         s = self.stats
         s.allocs += 1
-        if ev.pid in self.killed:
+        pid = ev.pid
+        if pid in self.killed:
             s.dropped_killed += 1
             return
-        m = self.mapper(ev)
-        if m.name is None:
-            if m.rule == "memcg-only":
+        k = self.kinds.get((ev.cache, ev.bytes_alloc, ev.bytes_req, ev.gfp, ev.call_site,
+                            ev.context, ev.accounted)) or self._kind(ev)
+        k.attempts += 1
+        if k.orig is None:
+            if k.dropped == "memcg-only":
                 s.dropped_memcg_only += 1
             else:
                 s.dropped_unmapped += 1
             return
         e = self.engine
-        t = self.task(ev.pid, ev.comm)
-        info = names.gfp_info(ev.gfp)
-        irq = ev.context != "task"
-        old = self.live.pop(ev.ptr, None)
-        if old is not None:
+        t = self.tasks.get(pid)
+        if t is None or t.pid not in e.tasks:
+            t = self.task(pid, ev.comm)
+        live = self.live
+        if ev.ptr in live:
             s.reused_live += 1
-            self._free_obj(old)
-        orig = e.originals[m.name]
-        r = e.alloc(orig, 1, t.memcg, info.bits, irq, task=t, owner=t.objs,
-                    accounted=ev.accounted)
-        if r.status == "wait" and self.blocked is not None:
-            self.blocked(r, ev)           # ctl: the write sleeps; retried from the start
-        if e.event_seq != self.seen_event:
+            self._free_obj(live.pop(ev.ptr))
+        owner = t.objs
+        cache, slab, r = e.alloc_object(k.orig, t.memcg, k.bits, k.irq, t, owner, k.accounted)
+        if r is not None:
+            if r.status == "wait" and self.blocked is not None:
+                self.blocked(r, ev)           # ctl: the write sleeps; retried from the start
+            if e.event_seq != self.seen_event:
+                self._kills()
+            if not r.done:
+                if r.status == "wait":
+                    e.end_oom_wait(r.wait_on)
+                s.failures += 1
+                if s.first_failure is None:
+                    s.first_failure = Failure(ev.seq, ev.time_ns, pid, ev.comm, ev.cache,
+                                              cache.name, ev.gfp, ev.call_site, r.status)
+                return
+        elif e.event_seq != self.seen_event:
             self._kills()
-        cs = s.caches.get(m.name)
-        if cs is None:
-            cs = s.caches[m.name] = CacheStats(flagged=m.flagged)
-        cs.hosts[ev.cache] = cs.hosts.get(ev.cache, 0) + 1
-        why = policy.why(info.bits, irq, ev.accounted)
-        if why is not None:
-            cs.why[why] = cs.why.get(why, 0) + orig.objsize
-        if r.done != 1:
-            if r.status == "wait":
-                e.end_oom_wait(r.wait_on)
-            s.failures += 1
-            if s.first_failure is None:
-                s.first_failure = Failure(ev.seq, ev.time_ns, ev.pid, ev.comm, ev.cache,
-                                          r.cache.name, ev.gfp, ev.call_site, r.status)
-            return
-        size = orig.objsize
-        s.objects += 1
-        s.bytes += size
-        cs.objects += 1
-        cs.bytes += size
-        cache = r.cache
-        charged = cache.is_copy
+        size = k.size
+        k.done += 1
+        charged = cache.orig is not None
         if charged:
-            s.charged_objects += 1
-            s.charged_bytes += size
-            cs.charged_objects += 1
-            cs.charged_bytes += size
-        if ev.pid in self.killed:          # the allocation killed its own task: gone with it
+            k.charged += 1
+        if slab is None:                   # the allocation killed its own task: gone with it
             s.freed_by_kill += 1
             return
         if charged:
@@ -242,14 +270,35 @@ class Session:
         s.live_bytes += size
         if s.live_bytes > s.peak_live_bytes:
             s.peak_live_bytes = s.live_bytes
-        o = _Obj(cache, t.objs.runs[cache][-1][0], t.objs, size, charged, cs)
-        t0 = self.pending_free.pop(ev.ptr, None) if self.pending_free else None
-        if t0 is not None and ev.time_ns - t0 <= self.resolution:
-            s.reordered += 1              # its free came first within one clock tick
-            s.unmatched_frees -= 1
-            self._free_obj(o)
-            return
-        self.live[ev.ptr] = o
+        o = _Obj(cache, slab, owner, size, charged)
+        if self.pending_free:
+            t0 = self.pending_free.pop(ev.ptr, None)
+            if t0 is not None and ev.time_ns - t0 <= self.resolution:
+                s.reordered += 1              # its free came first within one clock tick
+                s.unmatched_frees -= 1
+                self._free_obj(o)
+                return
+        live[ev.ptr] = o
+
+    def finish(self) -> Stats:
+        """Fold the per-kind counts into the per-cache ones."""
+        s = self.stats
+        for k in self.kinds.values():
+            cs = k.cs
+            if cs is not None and k.attempts:
+                cs.hosts[k.host] = cs.hosts.get(k.host, 0) + k.attempts
+                if k.why is not None:
+                    cs.why[k.why] = cs.why.get(k.why, 0) + k.attempts * k.size
+                cs.objects += k.done
+                cs.bytes += k.done * k.size
+                cs.charged_objects += k.charged
+                cs.charged_bytes += k.charged * k.size
+                s.objects += k.done
+                s.bytes += k.done * k.size
+                s.charged_objects += k.charged
+                s.charged_bytes += k.charged * k.size
+            k.attempts = k.done = k.charged = 0
+        return s
 
     def _free_obj(self, o: _Obj) -> None:
         self.engine.free_object(o.cache, o.owner, o.slab)
@@ -290,36 +339,60 @@ class Session:
         elif op == "exit":
             self._exit(ev)
 
-    def run(self, events, window_ns: int = WINDOW_NS) -> Stats:
+    def run(self, events, window_ns: int = WINDOW_NS, step_ns: int = 0) -> Stats:
+        """Replay everything. step_ns > 0: a point of (ns since the first event, live charged
+        bytes, charged slab bytes) in self.timeline every step_ns of trace time."""
         feed = self.feed
-        for ev in ordered(events, window_ns, self.stats):
-            feed(ev)
+        if not step_ns:
+            for ev in ordered(events, window_ns, self.stats):
+                feed(ev)
+        else:
+            t0 = nxt = None
+            t = 0
+            for ev in ordered(events, window_ns, self.stats):
+                t = ev.time_ns
+                if nxt is None:
+                    t0 = nxt = t
+                if t >= nxt:
+                    self.sample(t - t0)
+                    nxt = t + step_ns
+                feed(ev)
+            if t0 is not None:
+                self.sample(t - t0)
+            self.start_ns = t0
         self.engine.run_workqueue()
-        return self.stats
+        return self.finish()
+
+    def sample(self, t: int) -> None:
+        self.timeline.append((t, self.stats.live_charged_bytes, self.memcg.kmem.usage))
 
 
-def ordered(events, window_ns: int, stats: Stats = None):
-    """Events by (time, file order), released once the newest seen is window_ns later."""
-    heap, newest, last, late = [], -1, -1, 0
-    push, pop = heapq.heappush, heapq.heappop
+_TIME = operator.attrgetter("time_ns")
+_ORDER = operator.attrgetter("time_ns", "seq")
+
+
+def ordered(events, window_ns: int, stats: Stats = None, chunk: int = 4096):
+    """Events by (time, file order), each released once an event window_ns later has been
+    read. Sorted in chunks (Timsort is linear on nearly sorted input); a record that arrives
+    after later ones were released is replayed anyway and counted in stats.late."""
+    buf, newest, last, late, due = [], -1, -1, 0, chunk
     for ev in events:
-        t = ev.time_ns
-        if t > newest:
-            newest = t
-        push(heap, (t, ev.seq, ev))
-        limit = newest - window_ns
-        while heap[0][0] <= limit:
-            item = pop(heap)
-            if item[0] < last:
-                late += 1
-            last = item[0]
-            yield item[2]
-    while heap:
-        item = pop(heap)
-        if item[0] < last:
-            late += 1
-        last = item[0]
-        yield item[2]
+        buf.append(ev)
+        if ev.time_ns > newest:
+            newest = ev.time_ns
+        if len(buf) >= due:
+            buf.sort(key=_ORDER)
+            i = bisect.bisect_right(buf, newest - window_ns, key=_TIME)
+            if i:
+                late += bisect.bisect_left(buf, last, hi=i, key=_TIME)
+                last = buf[i - 1].time_ns
+                yield from buf[:i]
+                del buf[:i]
+            due = len(buf) + max(chunk, len(buf))   # amortised: a wide window sorts less often
+    buf.sort(key=_ORDER)
+    if buf:
+        late += bisect.bisect_left(buf, last, key=_TIME)
+    yield from buf
     if stats is not None:
         stats.late += late
 
@@ -403,15 +476,23 @@ class Outcome:
     removed: str                   # why the rmdir did not happen, or ""
     cg: str
     limits: tuple
+    timeline: list
+    start_ns: int | None
 
 
-def replay(header, events, setup: Setup) -> Outcome:
+def step_for(header, samples: int) -> int:
+    """The sampling step for about `samples` points over the capture (10 ms if unknown)."""
+    span = header.end_ns - header.start_ns if header.end_ns > header.start_ns else 0
+    return max(1, span // samples) if span and samples else 10_000_000
+
+
+def replay(header, events, setup: Setup, samples: int = 0) -> Outcome:
     fs, memcg = build(setup, header)
     e = fs.engine
     session = Session(e, memcg, header.slub_aliases, header)
     created0 = e.cache_serial
     n0 = len(e.originals)
-    stats = session.run(events, setup.window_ns)
+    stats = session.run(events, setup.window_ns, step_for(header, samples) if samples else 0)
     kmem_peak, kmem_final, res_peak = memcg.kmem.max_usage, memcg.kmem.usage, memcg.res.max_usage
     created = e.cache_serial - created0 - (len(e.originals) - n0)
     removed = ""
@@ -420,7 +501,7 @@ def replay(header, events, setup: Setup) -> Outcome:
     dead = [c for c in e.caches if c.dead]
     return Outcome(stats, kmem_peak, kmem_final, res_peak, created, len(dead),
                    sum(c.nr_slabs * c.pages * e.page for c in dead), removed, setup.cg,
-                   tuple(setup.sets))
+                   tuple(setup.sets), session.timeline, session.start_ns)
 
 
 def _remove(fs, e, memcg, cg) -> str:
