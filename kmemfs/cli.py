@@ -27,6 +27,8 @@ options (-o, comma separated):
   max_objects=N       cap on objects or pages one control command asks for (default
                       100000000): E2BIG beyond
   event_log_size=N    events kept in .kmemfs/events (default 100000)
+  design=optin        charge only allocations marked accounted (mainline since 4.5) instead
+                      of the series' everything-but-NOACCOUNT/NOFAIL/interrupt (design=series)
 """
 
 
@@ -157,8 +159,9 @@ def _replay_options(p, design: bool) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the report (matplotlib)")
     if design:
-        p.add_argument("--design", choices=("series", "optin"), default="series",
-                       help="which accounting rule (default series)")
+        p.add_argument("--design", choices=("series", "optin"),
+                       help="which accounting rule (default series; with --into the mount's "
+                            "own, -o design=)")
 
 
 def _replay_report(args, designs) -> int:
@@ -187,7 +190,7 @@ def cmd_replay(args) -> int:
     if args.into:
         from .trace import into
         return into.main(args)
-    return _replay_report(args, (args.design,))
+    return _replay_report(args, (args.design or "series",))
 
 
 def cmd_compare(args) -> int:

@@ -5,6 +5,7 @@
     charge anon|file BYTES                      uncharge anon|file BYTES
     spawn                                       exit PID
     touch COUNT      unlink COUNT      drop_caches      reap      workqueue      check
+    replay begin|alias|ev|end ...               (a trace fed by `kmemfs replay --into`)
 
 Any command may end with `task=PID` (act as that task) and/or `cg=PATH` (charge that cgroup).
 Without them the writer is the acting task: its pid, or the nearest ancestor process that is
@@ -105,6 +106,7 @@ class Blocked(Exception):
 class Executor:
     fs: object
     results: list = field(default_factory=list)
+    replay: object = None          # the replay Session of this open ctl file
 
     @property
     def engine(self):
@@ -147,8 +149,10 @@ class Executor:
 
     # ------------------------------------------------------------------ running
     def run(self, cmd: Command, req) -> str:
-        self.fs.prune_tasks()
         fn = COMMANDS[cmd.verb][0]
+        if cmd.verb == "replay" and cmd.args[0] != "begin":
+            return fn(self, cmd, None)     # its session's simulated tasks act, not the writer
+        self.fs.prune_tasks()
         return fn(self, cmd, self.actor(cmd, req))
 
     def _gfp(self, cmd):
@@ -285,6 +289,43 @@ class Executor:
         made = self.engine.run_workqueue()
         return f"ok workqueue created={len(made)}" + "".join(f" {c.name}" for c in made)
 
+    def cmd_replay(self, cmd, a):
+        """A trace fed line by line (docs/ctl.md, kmemfs/trace/replay.py Session)."""
+        from ..trace import replay as _replay
+        sub, args = cmd.args[0], cmd.args[1:]
+        shape = {"begin": (0, 1), "alias": (2, 2), "ev": (len(_replay.WIRE), len(_replay.WIRE)),
+                 "end": (0, 0)}
+        if sub not in shape or not shape[sub][0] <= len(args) <= shape[sub][1]:
+            raise bad(f"replay {sub}: wrong number of arguments" if sub in shape else
+                      "replay takes begin, alias, ev or end")
+        if sub == "begin":
+            if args and args[0] != "inexact":
+                raise bad("replay begin takes only 'inexact'")
+            self.replay = _replay.Session(self.engine, a.memcg, {}, inexact=bool(args))
+            self.replay.blocked = self._replay_blocked
+            return f"ok replay begin cgroup={a.memcg.path()} design={self.engine.policy.name}"
+        if self.replay is None:
+            raise bad("replay: no 'replay begin' on this open file")
+        if sub == "alias":
+            self.replay.mapper.aliases[args[0]] = args[1]
+            return "ok replay alias"
+        if sub == "ev":
+            try:
+                ev = _replay.from_wire(args)
+            except ValueError as e:
+                raise bad(f"replay ev: {e}") from None
+            self.replay.feed(ev)
+            return "ok replay"
+        return "ok replay end " + _replay.summary(self.replay.finish())
+
+    def _replay_blocked(self, r, ev):
+        # The event sleeps on its memcg's OOM (oom_kill_disable) like any charge: the write
+        # waits for the limit or oom_control to change, then the event is fed again.
+        def retry():
+            self.replay.feed(ev)
+            return "ok replay"
+        raise Blocked(r.wait_on, retry)
+
     def cmd_check(self, cmd, a):
         bad_ = check_invariants(self.engine)
         if bad_:
@@ -308,6 +349,7 @@ COMMANDS = {
     "reap": (Executor.cmd_reap, 0, 0, set()),
     "workqueue": (Executor.cmd_workqueue, 0, 0, set()),
     "check": (Executor.cmd_check, 0, 0, set()),
+    "replay": (Executor.cmd_replay, 1, 20, set()),
 }
 
 

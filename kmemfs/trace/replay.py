@@ -15,10 +15,12 @@ from __future__ import annotations
 import bisect
 import errno
 import operator
+import re
 from dataclasses import dataclass, field
 
 from ..engine import Config, Engine, EngineError, catalogue as _catalogue, policy
 from . import names
+from .format import CONTEXTS, OPS, Event
 
 DEFAULT_CG = "/traced"
 # The watermark: events are released in time order once the newest one seen is this much
@@ -108,7 +110,7 @@ class _Kind:
 class Session:
     """Replays events into `engine`; tasks are created in `memcg` (an engine Memcg)."""
 
-    def __init__(self, engine: Engine, memcg, aliases=None, header=None):
+    def __init__(self, engine: Engine, memcg, aliases=None, header=None, inexact=False):
         self.engine = engine
         self.memcg = memcg
         self.mapper = names.Mapper({n: c.objsize for n, c in engine.originals.items()},
@@ -128,6 +130,8 @@ class Session:
         if header is not None and header.inexact:
             self.stats.inexact.append("the capture lost events: " +
                                       ("; ".join(header.notes) or "see the trace header"))
+        elif inexact:
+            self.stats.inexact.append("the capture lost events (see the trace header)")
 
     # ------------------------------------------------------------------ tasks
     def task(self, pid: int, comm: str, memcg=None):
@@ -242,7 +246,10 @@ class Session:
         cache, slab, r = e.alloc_object(k.orig, t.memcg, k.bits, k.irq, t, owner, k.accounted)
         if r is not None:
             if r.status == "wait" and self.blocked is not None:
-                self.blocked(r, ev)           # ctl: the write sleeps; retried from the start
+                s.allocs -= 1                 # fed again once the OOM sleep ends
+                s.events -= 1
+                k.attempts -= 1
+                self.blocked(r, ev)           # ctl: raises, the write sleeps
             if e.event_seq != self.seen_event:
                 self._kills()
             if not r.done:
@@ -395,6 +402,64 @@ def ordered(events, window_ns: int, stats: Stats = None, chunk: int = 4096):
     yield from buf
     if stats is not None:
         stats.late += late
+
+
+# ---------------------------------------------------------------------------- the ctl wire
+# `replay ev` lines of the ctl language carry one record as words: the format's fields, with
+# "-" for an empty one and \ooo octal escapes for a space, '=' or backslash (docs/ctl.md).
+
+WIRE = ("seq",) + tuple(f for f in Event._fields if f != "seq")
+_ESC = {"\\": "\\134", " ": "\\040", "=": "\\075"}
+
+
+def _word(v) -> str:
+    if v is True or v is False:
+        return "1" if v else "0"
+    text = str(v)
+    if not text:
+        return "-"
+    for ch, esc in _ESC.items():
+        text = text.replace(ch, esc)
+    return text
+
+
+def to_wire(ev) -> str:
+    return "replay ev " + " ".join(_word(v) for v in ev)
+
+
+def _unword(w: str) -> str:
+    if w == "-":
+        return ""
+    if "\\" in w:
+        w = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), w)
+    return w
+
+
+def from_wire(words) -> Event:
+    """The inverse of to_wire (ValueError on a malformed field)."""
+    f = [_unword(w) for w in words]
+    if f[3] not in OPS or f[9] not in CONTEXTS or f[10] not in ("0", "1"):
+        raise ValueError("bad op, context or accounted field")
+    return Event(int(f[0]), int(f[1]), int(f[2]), f[3], f[4], int(f[5]), int(f[6]), int(f[7]),
+                 f[8], f[9], f[10] == "1", f[11], int(f[12]), f[13])
+
+
+SUMMARY = ("events", "objects", "bytes", "charged_objects", "charged_bytes",
+           "peak_live_charged_bytes", "live_charged_bytes", "failures", "unmatched_frees",
+           "dropped_killed", "freed_by_kill")
+
+
+def summary(s: Stats) -> str:
+    """key=value words of a replay's result (the ctl `replay end` line)."""
+    out = [f"{k}={getattr(s, k)}" for k in SUMMARY]
+    out.append(f"killed={len(s.killed)}")
+    f = s.first_failure
+    if f is not None:
+        out.append(f"first_failure={f.seq}:{_word(f.cache) or 'kmalloc'}:{_word(f.model_cache)}"
+                   f":{_word(f.gfp)}:{_word(f.call_site)}")
+    if s.inexact:
+        out.append("inexact=1")
+    return " ".join(out)
 
 
 # ---------------------------------------------------------------------------- offline runs
