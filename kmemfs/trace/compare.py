@@ -49,6 +49,7 @@ def report(header, setup: Setup, outs: dict) -> dict:
         "reordered", "late", "dropped_memcg_only", "dropped_unmapped")}
     for d, o in outs.items():
         counts[f"dropped_killed_{d}"] = o.stats.dropped_killed
+        counts[f"refused_frees_{d}"] = o.stats.refused_frees
     return {
         "trace": {"command": list(header.argv), "kernel_release": header.kernel_release,
                   "start_ns": next(iter(outs.values())).start_ns or 0,
@@ -165,6 +166,8 @@ def render(rep: dict, file=None, width: int = 110) -> str:
         ("dropped_unmapped", "allocations larger than any size-N (dropped)")) if tr[k]]
     notes += [f"{tr['dropped_killed_' + d]:,} events of OOM-killed tasks dropped ({d})"
               for d in shown if tr["dropped_killed_" + d]]
+    notes += [f"{tr['refused_frees_' + d]:,} frees of allocations the model refused ({d})"
+              for d in shown if tr["refused_frees_" + d]]
     for n in notes:
         con.print("  " + n)
     return buf.getvalue()

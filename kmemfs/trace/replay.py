@@ -75,6 +75,7 @@ class Stats:
     live_charged_bytes: int = 0
     peak_live_charged_bytes: int = 0
     unmatched_frees: int = 0      # objects allocated before the trace started
+    refused_frees: int = 0        # frees of objects whose allocation the model refused
     reused_live: int = 0          # an allocation at a live pointer: its free was never seen
     reordered: int = 0            # a free just before its own allocation (same clock tick)
     late: int = 0                 # records beyond the watermark (replayed out of order)
@@ -122,6 +123,7 @@ class Session:
         self.trace_pid = {}        # engine pid -> trace pid
         self.killed = set()        # trace pids the model killed (and children they forked)
         self.pending_free = {}     # ptr -> time_ns of a free seen before any allocation
+        self.refused = set()       # pointers whose allocation the model refused
         self.seen_event = engine.event_seq
         self.resolution = header.time_resolution_ns if header is not None else 1000
         self.blocked = None        # ctl: a Blocked-raising hook for status "wait"
@@ -239,6 +241,8 @@ class Session:
         if t is None or t.pid not in e.tasks:
             t = self.task(pid, ev.comm)
         live = self.live
+        if self.refused:
+            self.refused.discard(ev.ptr)
         if ev.ptr in live:
             s.reused_live += 1
             self._free_obj(live.pop(ev.ptr))
@@ -256,6 +260,7 @@ class Session:
                 if r.status == "wait":
                     e.end_oom_wait(r.wait_on)
                 s.failures += 1
+                self.refused.add(ev.ptr)
                 if s.first_failure is None:
                     s.first_failure = Failure(ev.seq, ev.time_ns, pid, ev.comm, ev.cache,
                                               cache.name, ev.gfp, ev.call_site, r.status)
@@ -319,7 +324,10 @@ class Session:
             return
         o = self.live.pop(ev.ptr, None)
         if o is None:
-            if ev.ptr:
+            if self.refused and ev.ptr in self.refused:
+                self.refused.discard(ev.ptr)
+                s.refused_frees += 1
+            elif ev.ptr:
                 s.unmatched_frees += 1
                 if len(self.pending_free) > 100_000:
                     self.pending_free.clear()
