@@ -217,6 +217,30 @@ def add_replay_parsers(sub) -> None:
     c.set_defaults(fn=cmd_compare)
 
 
+TRACE_HELP = """\
+Run COMMAND and record its whole process tree's slab allocations (kmem:kmem_cache_alloc,
+kmem:kmalloc), its forks and exits, and every free on the system (kmem:kmem_cache_free,
+kmem:kfree: frees run in RCU callbacks and kworkers too), through private tracefs instances.
+Root only. The trace file (docs/trace.md) is then read by `kmemfs replay` / `kmemfs compare`.
+kmemfs trace exits with COMMAND's exit status (128+N if a signal N killed it).
+"""
+
+
+def cmd_trace(args) -> int:
+    from .trace import capture
+    argv = args.command[1:] if args.command[:1] == ["--"] else args.command
+    try:
+        header = capture.run(argv, args.o, free_tail=args.free_tail, buffer_kb=args.buffer_kb)
+    except capture.TraceError as e:
+        print(f"kmemfs trace: {e}", file=sys.stderr)
+        return 1
+    c = header.counts
+    print(f"kmemfs trace: {args.o}: {c.get('alloc', 0)} allocations, {c.get('free', 0)} frees, "
+          f"{c.get('fork', 0)} forks, {c.get('exit', 0)} exits"
+          + ("; INEXACT: events were lost" if header.inexact else ""), file=sys.stderr)
+    return header.exit_status if header.exit_status is not None else 1
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="kmemfs", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -263,6 +287,22 @@ def main(argv=None) -> int:
     c.add_argument("mountpoint")
     c.add_argument("command", nargs=argparse.REMAINDER)
     c.set_defaults(fn=cmd_ctl)
+
+    t = sub.add_parser("trace", help="record a command's kernel slab activity (root)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=TRACE_HELP,
+                       usage="kmemfs trace [-o FILE] [--free-tail S] [--buffer-kb N] "
+                             "-- COMMAND [ARGS...]")
+    t.add_argument("-o", default="kmemfs.trace", metavar="FILE",
+                   help="the trace file (default kmemfs.trace; a name ending in .gz is "
+                        "gzip'ed)")
+    t.add_argument("--free-tail", type=float, default=1.0, metavar="S",
+                   help="keep recording frees S seconds after COMMAND exits, for RCU-deferred "
+                        "frees (default 1)")
+    t.add_argument("--buffer-kb", type=int, default=128 * 1024, metavar="N",
+                   help="tracefs buffer per CPU and instance, in KiB (default 131072)")
+    t.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
+    t.set_defaults(fn=cmd_trace)
 
     from .tools import record, top       # the "see it" commands: top, record, plot
     top.add_parsers(sub)

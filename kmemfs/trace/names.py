@@ -1,7 +1,8 @@
 """Host (Linux 6.x, SLUB) cache names and gfp text -> the 3.4-era catalogue and 3.3 gfp bits.
 
-One table of rules, tried in order (RULES); each rule is a function (event, host_name, ctx)
--> catalogue name | DROP | None (None: the next rule). docs/trace.md lists the table.
+First the reported name is resolved to the real host cache (resolve_alias); then one table of
+rules is tried in order (RULES); each rule is a function (event, host_name, ctx) -> catalogue
+name | DROP | None (None: the next rule). docs/trace.md lists the table.
 
 SLUB merges caches of the same geometry: an allocation from `cred` is reported under the name
 of the cache it was merged into (`pid` here). The alias map in the trace header says which
@@ -62,26 +63,23 @@ RENAMES = {
 _BIO_RE = re.compile(r"^bio-\d+$")       # bioset slabs, named by front pad; 3.4 has bio-0
 
 # SLUB-merged caches: the call site tells which of the aliases an allocation really is.
-# Function (call_site up to '+' or '.') -> host cache name.
+# Function (call_site up to '+' or '.', without _noprof) -> host cache name.
 ALIAS_CALL_SITES = {
-    "prepare_creds": "cred", "prepare_kernel_cred": "cred", "copy_creds": "cred",
-    "cred_alloc_blank": "cred",
+    "prepare_creds": "cred", "prepare_kernel_cred": "cred", "cred_alloc_blank": "cred",
     "alloc_pid": "pid",
     "copy_fs_struct": "fs_cache",
     "ep_ptable_queue_proc": "eventpoll_pwq",
     "anon_vma_clone": "anon_vma_chain", "anon_vma_fork": "anon_vma_chain",
     "__anon_vma_prepare": "anon_vma_chain",
-    "dup_fd": "files_cache", "alloc_files": "files_cache",
-    "copy_signal": "signal_cache",
-    "unix_create1": "UNIX",
-    "sk_prot_alloc": None,                 # any socket: the cache is the protocol's (no clue)
-    "alloc_mnt_ns": "mnt_cache", "alloc_vfsmnt": "mnt_cache",
+    "dup_fd": "files_cache",
+    "copy_signal": "signal_cache", "copy_process": "signal_cache",
+    "alloc_vfsmnt": "mnt_cache",
     "alloc_posix_timer": "posix_timers_cache",
     "create_nsproxy": "nsproxy", "create_new_namespaces": "nsproxy",
-    "__sigqueue_alloc": "sigqueue",
+    "__sigqueue_alloc": "sigqueue", "__send_signal_locked": "sigqueue",
     "inotify_new_watch": "inotify_inode_mark",
-    "dnotify_handle_event": "dnotify_mark", "fcntl_dirnotify": "dnotify_mark",
-    "delayacct_tsk_init": "task_delay_info", "__delayacct_tsk_init": "task_delay_info",
+    "fcntl_dirnotify": "dnotify_mark",
+    "__delayacct_tsk_init": "task_delay_info",
     "inet_bind_bucket_create": "tcp_bind_bucket",
     "inet_bind2_bucket_create": "tcp_bind2_bucket",
     "ep_insert": "eventpoll_epi",
@@ -89,7 +87,14 @@ ALIAS_CALL_SITES = {
     "create_user_ns": "user_namespace",
     "create_pid_namespace": "pid_namespace",
     "net_alloc": "net_namespace",
+    "alloc_buffer_head": "buffer_head",
+    "security_file_alloc": "lsm_file_cache",
+    "security_inode_alloc": "lsm_inode_cache",
 }
+# Call sites that allocate from one family of a merged group: bio vectors (sgpool-N merges
+# with biovec-N) and sockets (sk_prot_alloc allocates the protocol's cache).
+BIOVEC_CALL_SITES = {"bvec_alloc", "mempool_alloc", "biovec_init_pool"}
+SOCKET_CALL_SITES = {"sk_prot_alloc"}
 
 # Allocations that exist only because of today's memcg: dropped (the series had none of them).
 MEMCG_ONLY_CALL_SITES = {
@@ -101,13 +106,43 @@ MEMCG_ONLY_CALL_SITES = {
 
 
 def call_site_function(call_site: str) -> str:
-    """'getname_flags.part.0+0x24/0x1f0' -> 'getname_flags'."""
+    """'getname_flags.part.0+0x24/0x1f0' -> 'getname_flags'; 'mempool_alloc_noprof+0x5/0x9'
+    -> 'mempool_alloc' (6.10+ memory-profiling wrappers)."""
     end = len(call_site)
     for sep in ("+", ".", " "):
         i = call_site.find(sep)
         if 0 <= i < end:
             end = i
-    return call_site[:end]
+    fn = call_site[:end]
+    return fn[:-7] if fn.endswith("_noprof") else fn
+
+
+def _is_socket_cache(name: str) -> bool:
+    """Protocol caches are named in capitals: TCP, UDPv6, UNIX-STREAM, PINGv6, RAW, ..."""
+    head = name.split("-", 1)[0]
+    return head[:3].isupper()
+
+
+def resolve_alias(event, aliases: MappingT[str, str]) -> str:
+    """The host cache an allocation really came from, when SLUB reports a merged cache's
+    name: recovered from the call site (ALIAS_CALL_SITES, BIOVEC_CALL_SITES,
+    SOCKET_CALL_SITES); else the reported name."""
+    host = event.cache
+    group = [a for a, rep in aliases.items() if rep == host]
+    if not group:
+        return host
+    fn = call_site_function(event.call_site)
+    real = ALIAS_CALL_SITES.get(fn)
+    if real is not None:
+        return real if real in group else host
+    if fn in BIOVEC_CALL_SITES and not host.startswith("biovec-"):
+        bv = [a for a in group if a.startswith("biovec-")]
+        return bv[0] if len(bv) == 1 else host
+    if fn in SOCKET_CALL_SITES and not _is_socket_cache(host):
+        socks = [a for a in group if _is_socket_cache(a)]
+        if socks and len({RENAMES.get(a, a) for a in socks}) == 1:
+            return socks[0]
+    return host
 
 
 # --- size-M ---------------------------------------------------------------------------------
@@ -149,25 +184,6 @@ class _Ctx(NamedTuple):
 def _rule_memcg_only(ev, host, ctx):
     if "__GFP_NO_OBJ_EXT" in ev.gfp or call_site_function(ev.call_site) in MEMCG_ONLY_CALL_SITES:
         return DROP
-    return None
-
-
-def _rule_alias_call_site(ev, host, ctx):
-    real = ALIAS_CALL_SITES.get(call_site_function(ev.call_site))
-    if real and real != host and ctx.aliases.get(real) == host:
-        return _name_only(real, ctx)
-    return None
-
-
-def _name_only(host, ctx):
-    """same name or a rename, else None."""
-    if host in ctx.cat.names:
-        return host
-    new = RENAMES.get(host)
-    if new and new in ctx.cat.names:
-        return new
-    if _BIO_RE.match(host) and "bio-0" in ctx.cat.names:
-        return "bio-0"
     return None
 
 
@@ -215,7 +231,6 @@ def _rule_by_size(ev, host, ctx):
 # (rule name, function, flagged). Order matters: first match wins.
 RULES = (
     ("memcg-only", _rule_memcg_only, False),
-    ("alias-call-site", _rule_alias_call_site, False),
     ("same", _rule_same, False),
     ("rename", _rule_rename, False),
     ("kmalloc-large", _rule_kmalloc_large, False),
@@ -232,15 +247,16 @@ def map_cache(event, catalogue: Catalogue | MappingT[str, int],
     """
     cat = catalogue if isinstance(catalogue, Catalogue) else Catalogue(catalogue)
     ctx = _Ctx(cat, aliases or {})
-    host = event.cache
+    host = resolve_alias(event, ctx.aliases) if event.cache else ""
+    prefix = "alias+" if host != event.cache else ""
     for name, rule, flagged in RULES:
         got = rule(event, host, ctx)
         if got is None:
             continue
         if got == DROP:
-            return Mapping(None, name, False)
-        return Mapping(got, name, flagged)
-    return Mapping(None, "too-large", True)
+            return Mapping(None, prefix + name, False)
+        return Mapping(got, prefix + name, flagged)
+    return Mapping(None, prefix + "too-large", True)
 
 
 class Mapper:
