@@ -218,6 +218,20 @@ def remove_stale_instances(tracefs: str) -> list[str]:
     return removed
 
 
+def unavailable() -> str | None:
+    """Why `kmemfs trace` cannot run here (for tests' skip reasons), or None."""
+    if os.geteuid() != 0:
+        return "needs root (tracefs)"
+    if not (any(_is_tracefs(p) for p in TRACEFS_CANDIDATES)
+            or any(_is_tracefs(p) for p in _mounted_tracefs())):
+        with open("/proc/filesystems") as f:
+            if "tracefs" not in f.read():
+                return "the kernel has no tracefs"
+        if shutil.which("mount") is None:
+            return "tracefs is not mounted and there is no mount(8)"
+    return None
+
+
 def check_events(tracefs: str) -> None:
     for e in ALLOC_EVENTS + FREE_EVENTS:
         if not os.path.isdir(os.path.join(tracefs, "events", e)):
@@ -279,7 +293,8 @@ def host_header(argv: list[str]) -> tformat.Header:
 
 class _Signals:
     """SIGINT/SIGTERM/SIGHUP: the first is forwarded to COMMAND (we keep tracing until it
-    exits, then write the trace); a second one aborts (the finally blocks clean up)."""
+    exits, then write the trace); a second one, or one before COMMAND started, aborts (the
+    finally blocks clean up)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -295,13 +310,22 @@ class _Signals:
         return self
 
     def _handle(self, signum, frame):
+        # Never raise from here: an exception between a mkdir and its bookkeeping would leak
+        # an instance. The run checks abort at safe points (check()).
         self.count += 1
         self.last = signum
-        if self.count > 1:
-            raise Interrupted(f"interrupted by {signal.Signals(signum).name}: trace not written")
-        if self.child:
+        if self.count == 1 and self.child:
             with contextlib.suppress(OSError):
                 os.kill(self.child, signum)
+
+    @property
+    def abort(self) -> bool:
+        return self.count > 1 or (self.count == 1 and not self.child)
+
+    def check(self) -> None:
+        if self.abort:
+            raise Interrupted(f"interrupted by {signal.Signals(self.last).name}: "
+                              f"trace not written")
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
@@ -319,9 +343,9 @@ def _spawn_stopped(argv: list[str]) -> tuple[int, int, int]:
         try:
             os.close(go_w)
             os.close(err_r)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGHUP, signal.SIG_DFL)
+            # our handlers, and what Python ignores (SIGPIPE, SIGXFSZ), back to the defaults
+            for s in _Signals.SIGNALS + (signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(s, signal.SIG_DFL)
             if os.read(go_r, 1) != b"g":
                 os._exit(126)
             os.close(go_r)
@@ -376,6 +400,8 @@ def run(argv: list[str], output: str, free_tail: float = DEFAULT_FREE_TAIL,
     header.free_tail_s, header.buffer_size_kb = free_tail, buffer_kb
     spool_dir = tempfile.mkdtemp(prefix="kmemfs_trace_")
     instances: list[Instance] = []
+    spools: list[int] = []
+    pipes: list[int] = []
     pid = None
     exec_err = ""
     try:
@@ -393,25 +419,30 @@ def run(argv: list[str], output: str, free_tail: float = DEFAULT_FREE_TAIL,
                 alloc.setup(clock, buffer_kb, ALLOC_EVENTS)
                 free.setup(clock, buffer_kb, FREE_EVENTS)
                 _write(alloc.f("options/event-fork"), 1)
-                spools = [os.open(os.path.join(spool_dir, i.name), os.O_WRONLY | os.O_CREAT
-                                  | os.O_EXCL, 0o600) for i in instances]
+                for i in instances:
+                    spools.append(os.open(os.path.join(spool_dir, i.name),
+                                          os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                 fds = [i.open_pipe() for i in instances]
+                sigs.check()
 
                 pid, go, err = _spawn_stopped(argv)
+                pipes = [go, err]
                 sigs.child = header.root_pid = pid
                 _write(alloc.f("set_event_pid"), pid)    # before any event is on
                 free.enable()                            # frees first: no alloc misses its free
                 alloc.enable()
                 header.start_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+                sigs.check()
                 os.write(go, b"g")
-                os.close(go)
-                wstatus = _follow(pid, fds, spools)
+                os.close(pipes.pop(0))
+                wstatus = _follow(pid, fds, spools, sigs)
+                header.run_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC) - header.start_ns
                 pid = None
                 exec_err = os.read(err, 4096).decode(errors="replace")
-                os.close(err)
                 header.exit_status = _status(wstatus)
                 tail_end = time.monotonic() + max(0.0, free_tail)
                 while (left := tail_end - time.monotonic()) > 0:
+                    sigs.check()
                     _poll(fds, spools, min(left, 0.1))
                 for i in instances:
                     i.stop()
@@ -424,6 +455,8 @@ def run(argv: list[str], output: str, free_tail: float = DEFAULT_FREE_TAIL,
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)
                         os.waitpid(pid, 0)
+                for fd in spools + pipes:
+                    os.close(fd)
                 errors = []
                 for i in reversed(instances):
                     try:
@@ -452,9 +485,10 @@ def _poll(fds, spools, timeout: float) -> None:
         _drain(fd, sp)
 
 
-def _follow(pid: int, fds, spools) -> int:
+def _follow(pid: int, fds, spools, sigs: _Signals) -> int:
     """Copy the pipes until COMMAND exits; returns its wait status."""
     while True:
+        sigs.check()
         try:
             done, wstatus = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
@@ -466,13 +500,51 @@ def _follow(pid: int, fds, spools) -> int:
 
 # --- spools -> trace file ------------------------------------------------------------------------
 
-def _parse_spool(path: str, stats: ParseStats) -> Iterator[tformat.Event]:
+def _parse_spool(path: str, stats: ParseStats, keep=None) -> Iterator[tformat.Event]:
+    """Events of a spooled trace_pipe; keep(lines) -> lines worth parsing (a pre-filter)."""
     p = Parser()
     with open(path, encoding="utf-8", errors="replace", newline="\n") as f:
+        tail = ""
         while data := f.read(READ_CHUNK):
-            yield from p.feed(data)
+            data = tail + data
+            end = data.rfind("\n")
+            if end < 0:
+                tail = data
+                continue
+            tail = data[end + 1:]
+            lines = data[:end].split("\n")
+            yield from p.parse_lines(keep(lines) if keep else lines)
+    p.feed(tail)
     p.close()
     stats.merge(p.stats)
+
+
+def free_filter(allocs: list[tformat.Event], root_pid: int):
+    """A cheap pre-filter of the system-wide free lines: only a free of a pointer the tree
+    allocated, or one by a task of the tree, can matter (merge() decides exactly). Most frees
+    are other tasks' and are dropped here without being parsed. Lines of any other shape
+    (lost-events markers, odd columns) pass through."""
+    ptrs = {f"{e.ptr:016x}" for e in allocs if e.op == "alloc"}
+    pids = {str(root_pid)} | {str(e.child) for e in allocs if e.op == "fork"}
+    pids |= {str(e.pid) for e in allocs}
+    dropped = [0]
+
+    def keep(lines):
+        out = []
+        for line in lines:
+            i = line.find(" ptr=", 40)
+            if i < 0 or line[16:17] != "-":
+                out.append(line)
+                continue
+            j = line.find(" ", i + 5)
+            if (line[i + 5:j] if j > 0 else line[i + 5:]) in ptrs or \
+                    line[17:line.find(" ", 17)] in pids:
+                out.append(line)
+            else:
+                dropped[0] += 1
+        return out
+    keep.dropped = dropped
+    return keep
 
 
 def _sorted(events: Iterable[tformat.Event], window_ns: int) -> Iterator[tformat.Event]:
@@ -571,8 +643,9 @@ def _interleave(group_a, group_f, live, tree, stats):
 def _write_trace(output: str, header: tformat.Header, spool_dir: str, log) -> None:
     a_stats, f_stats = ParseStats(), ParseStats()
     me = os.getpid()
-    allocs = _parse_spool(os.path.join(spool_dir, f"kmemfs_{me}_alloc"), a_stats)
-    frees = _parse_spool(os.path.join(spool_dir, f"kmemfs_{me}_free"), f_stats)
+    allocs = list(_parse_spool(os.path.join(spool_dir, f"kmemfs_{me}_alloc"), a_stats))
+    keep = free_filter(allocs, header.root_pid)
+    frees = _parse_spool(os.path.join(spool_dir, f"kmemfs_{me}_free"), f_stats, keep)
     mstats: dict = {}
     counts = dict.fromkeys(tformat.OPS, 0)
     # The header goes first but holds the totals: write the records to a side file, then
@@ -588,7 +661,8 @@ def _write_trace(output: str, header: tformat.Header, spool_dir: str, log) -> No
     st.merge(a_stats)
     st.merge(f_stats)
     header.extra["parse"] = {"alloc": _stats_dict(a_stats), "free": _stats_dict(f_stats),
-                             "frees_dropped_unrelated": mstats.get("frees_dropped", 0)}
+                             "frees_dropped_unrelated": mstats.get("frees_dropped", 0)
+                             + keep.dropped[0]}
     lost = sum(c["lost"] for inst in header.lost.values() for c in inst.values())
     lost += sum(st.lost.values())
     if lost:

@@ -72,8 +72,9 @@ class Header:
     buffer_size_kb: int = 0
     root_pid: int = 0                     # COMMAND's pid
     tracer_pid: int = 0
-    start_ns: int = 0
-    end_ns: int = 0
+    start_ns: int = 0                     # COMMAND released (CLOCK_MONOTONIC = trace clock)
+    end_ns: int = 0                       # tracing stopped, after the free tail
+    run_ns: int = 0                       # COMMAND's wall time: release to exit
     counts: dict = dataclasses.field(default_factory=dict)  # op -> records written
     notes: list = dataclasses.field(default_factory=list)   # why inexact, dropped lines, ...
     extra: dict = dataclasses.field(default_factory=dict)   # keys this version doesn't know

@@ -254,7 +254,7 @@ def map_cache(event, catalogue: Catalogue | MappingT[str, int],
         if got is None:
             continue
         if got == DROP:
-            return Mapping(None, prefix + name, False)
+            return Mapping(None, name, False)
         return Mapping(got, prefix + name, flagged)
     return Mapping(None, prefix + "too-large", True)
 

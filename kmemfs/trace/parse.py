@@ -116,17 +116,21 @@ class Parser:
         n = 0
         for line in lines:
             n += 1
-            if line[16:17] == "-" and line[0] == " " and line[17:18].isdigit():  # %16s comm
+            f = line.split()
+            # comm-pid [cpu] flags secs.usecs: event: key=value ...  with the comm in the
+            # %16s column and no space in it (else _odd_line)
+            if line[16:17] == "-" and f[1][:1] == "[":
                 comm = line[:16].lstrip()
-                rest = line[17:]
+                pid_s = f[0][len(comm) + 1:]
+                rest = line
             else:
                 rest = self._odd_line(line)
                 if rest is None:
                     continue
                 comm, rest = rest
-            try:
-                # pid [cpu] flags secs.usecs: event: key=value ...
                 f = rest.split()
+                pid_s = f[0]
+            try:
                 flags, ts, name = f[2], f[3], f[4]
                 ctx = ctx_memo.get(flags)
                 if ctx is None:
@@ -141,7 +145,7 @@ class Parser:
                     if ptr <= ZERO_SIZE_PTR:
                         self.stats.failed_allocs += 1
                         continue
-                    ev = (seq, t, int(f[0]), "alloc", f[7][5:], ptr, int(f[8][10:]),
+                    ev = (seq, t, int(pid_s), "alloc", f[7][5:], ptr, int(f[8][10:]),
                           int(f[9][12:]), f[10][10:], ctx, f[12] == "accounted=true",
                           f[5][10:], 0, comm)
                 elif name == "kmalloc:" and n_f == 12:
@@ -149,7 +153,7 @@ class Parser:
                     if ptr <= ZERO_SIZE_PTR:
                         self.stats.failed_allocs += 1
                         continue
-                    ev = (seq, t, int(f[0]), "alloc", "", ptr, int(f[7][10:]),
+                    ev = (seq, t, int(pid_s), "alloc", "", ptr, int(f[7][10:]),
                           int(f[8][12:]), f[9][10:], ctx, f[11] == "accounted=true",
                           f[5][10:], 0, comm)
                 elif (name == "kmem_cache_free:" and n_f == 8) or (name == "kfree:" and n_f == 7):
@@ -157,10 +161,10 @@ class Parser:
                     if ptr <= ZERO_SIZE_PTR:
                         self.stats.null_frees += 1
                         continue
-                    ev = (seq, t, int(f[0]), "free", f[7][5:] if n_f == 8 else "", ptr, 0, 0,
+                    ev = (seq, t, int(pid_s), "free", f[7][5:] if n_f == 8 else "", ptr, 0, 0,
                           "", ctx, False, f[5][10:], 0, comm)
                 else:
-                    ev = self._other(seq, t, f[0], ctx, name, rest, comm)
+                    ev = self._other(seq, t, pid_s, ctx, name, rest, comm)
                     if ev is None:
                         continue
             except (ValueError, IndexError, KeyError):
