@@ -209,21 +209,24 @@ def plot(rep: dict, out: str, title: str = None) -> None:
     top.set_ylabel("MiB")
     top.set_xlabel("trace time (s)")
     top.grid(True, alpha=0.3)
-    top.legend(fontsize=8.5, loc="upper right", frameon=False)
+    top.legend(fontsize=8.5, loc="upper left", frameon=False)
     top.set_title("charged to " + rep["setup"]["cg"] + (" under " + ", ".join(rep["setup"]["sets"])
                   if rep["setup"]["sets"] else ""), loc="left", fontsize=10)
 
     rows = rep["caches"][:10][::-1]
     ys = range(len(rows))
     h = 0.38
-    bottom.barh([y + h / 2 for y in ys], [r["series_bytes"] / MiB for r in rows], h,
+    KiB = 1024        # a log axis: names_cache's tens of MiB and a few KiB on one chart
+    bottom.barh([y + h / 2 for y in ys], [r["series_bytes"] / KiB for r in rows], h,
                 color=COLORS["series"], label="series")
-    bottom.barh([y - h / 2 for y in ys], [r["optin_bytes"] / MiB for r in rows], h,
+    bottom.barh([y - h / 2 for y in ys], [r["optin_bytes"] / KiB for r in rows], h,
                 color=COLORS["optin"], label="optin")
+    if rows:
+        bottom.set_xscale("log")
     bottom.set_yticks(list(ys))
     bottom.set_yticklabels([f"{r['cache']}  ({next(iter(r['why']), '')})" for r in rows],
                            fontsize=8.5)
-    bottom.set_xlabel("MiB charged over the run")
+    bottom.set_xlabel("KiB charged over the run (log scale)")
     bottom.set_title("caches that differ most between the designs (and why)", loc="left",
                      fontsize=10)
     bottom.grid(True, axis="x", alpha=0.3)

@@ -127,6 +127,8 @@ class Session:
         self.seen_event = engine.event_seq
         self.resolution = header.time_resolution_ns if header is not None else 1000
         self.blocked = None        # ctl: a Blocked-raising hook for status "wait"
+        self.handlers = {"alloc": self._alloc, "free": self._free, "fork": self._fork,
+                         "exit": self._exit}
         self.timeline = []         # run(step_ns=N): (ns since start, live charged, kmem usage)
         self.start_ns = None       # the first event's time (with step_ns)
         if header is not None and header.inexact:
@@ -173,8 +175,11 @@ class Session:
         e = self.engine
         victims = set()
         for _, kind, f in e.events_since(self.seen_event):
-            if kind == "task_exit" and f.get("reason") == "oom_kill" and f["pid"] in self.trace_pid:
-                victims.add(f["pid"])
+            if kind == "task_exit" and f["pid"] in self.trace_pid:
+                if f.get("reason") == "oom_kill":
+                    victims.add(f["pid"])
+                else:                      # exited from outside (ctl `exit`): made anew
+                    self.tasks.pop(self.trace_pid.pop(f["pid"]), None)
         self.seen_event = e.event_seq
         if not victims:
             return
@@ -200,8 +205,7 @@ class Session:
     def _kind(self, ev):
         """What the rules make of an allocation event: its catalogue cache, 3.3 gfp bits,
         context, why the designs differ. Memoised: a trace repeats few kinds."""
-        key = (ev.cache, ev.bytes_alloc, ev.bytes_req, ev.gfp, ev.call_site, ev.context,
-               ev.accounted)
+        key = (ev[4], ev[6:12])
         k = self.kinds.get(key)
         if k is None:
             m = self.mapper(ev)
@@ -227,8 +231,7 @@ class Session:
         if pid in self.killed:
             s.dropped_killed += 1
             return
-        k = self.kinds.get((ev.cache, ev.bytes_alloc, ev.bytes_req, ev.gfp, ev.call_site,
-                            ev.context, ev.accounted)) or self._kind(ev)
+        k = self.kinds.get((ev[4], ev[6:12])) or self._kind(ev)   # (cache, bytes_req..call_site)
         k.attempts += 1
         if k.orig is None:
             if k.dropped == "memcg-only":
@@ -237,9 +240,7 @@ class Session:
                 s.dropped_unmapped += 1
             return
         e = self.engine
-        t = self.tasks.get(pid)
-        if t is None or t.pid not in e.tasks:
-            t = self.task(pid, ev.comm)
+        t = self.tasks.get(pid) or self.task(pid, ev.comm)
         live = self.live
         if self.refused:
             self.refused.discard(ev.ptr)
@@ -254,8 +255,6 @@ class Session:
                 s.events -= 1
                 k.attempts -= 1
                 self.blocked(r, ev)           # ctl: raises, the write sleeps
-            if e.event_seq != self.seen_event:
-                self._kills()
             if not r.done:
                 if r.status == "wait":
                     e.end_oom_wait(r.wait_on)
@@ -265,8 +264,6 @@ class Session:
                     s.first_failure = Failure(ev.seq, ev.time_ns, pid, ev.comm, ev.cache,
                                               cache.name, ev.gfp, ev.call_site, r.status)
                 return
-        elif e.event_seq != self.seen_event:
-            self._kills()
         size = k.size
         k.done += 1
         charged = cache.orig is not None
@@ -294,6 +291,8 @@ class Session:
 
     def finish(self) -> Stats:
         """Fold the per-kind counts into the per-cache ones."""
+        if self.engine.event_seq != self.seen_event:
+            self._kills()
         s = self.stats
         for k in self.kinds.values():
             cs = k.cs
@@ -334,25 +333,20 @@ class Session:
                 self.pending_free[ev.ptr] = ev.time_ns
             return
         self._free_obj(o)
-        if self.engine.event_seq != self.seen_event:
-            self._kills()
 
     # ------------------------------------------------------------------ driving
     def feed(self, ev) -> None:
         self.stats.events += 1
-        if self.engine.create_queue:
+        e = self.engine
+        if e.event_seq != self.seen_event:
+            self._kills()          # the last event's OOM kills (or a ctl `exit` of our tasks)
+        if e.create_queue:
             # A copy queued by a non-GFP_KERNEL allocation (spec 3.1): the kernel's work item
             # runs promptly, so it exists for the next event.
-            self.engine.run_workqueue()
-        op = ev.op
-        if op == "alloc":
-            self._alloc(ev)
-        elif op == "free":
-            self._free(ev)
-        elif op == "fork":
-            self._fork(ev)
-        elif op == "exit":
-            self._exit(ev)
+            e.run_workqueue()
+        handler = self.handlers.get(ev.op)
+        if handler is not None:
+            handler(ev)
 
     def run(self, events, window_ns: int = WINDOW_NS, step_ns: int = 0) -> Stats:
         """Replay everything. step_ns > 0: a point of (ns since the first event, live charged
