@@ -12,6 +12,7 @@ from ..engine import policy
 from .replay import Setup, replay
 
 DESIGNS = ("series", "optin")
+REFUSED = "refused by the limit"
 TOP = 12
 
 
@@ -76,6 +77,8 @@ def differing(outs: dict, top: int = TOP) -> list:
         why = dict(sorted(c.why.items(), key=lambda kv: -kv[1]))
         if c.flagged:
             why[policy.UNMAPPED] = c.bytes
+        if not why:        # both designs charge these; a limit refused more under one
+            why[REFUSED] = abs(x - y)
         rows.append({"cache": name, "series_bytes": x, "optin_bytes": y, "diff": x - y,
                      "objects": c.objects, "hosts": dict(c.hosts), "why": why})
     rows.sort(key=lambda r: (-abs(r["diff"]), r["cache"]))
@@ -203,9 +206,12 @@ def plot(rep: dict, out: str, title: str = None) -> None:
             x = (f["time_ns"] - t0) / 1e9
             top.axvline(x, color=COLORS[d], lw=1, ls=":")
             more = rep["designs"][d]["failures"] - 1
+            tl = rep["designs"][d]["timeline"]
+            right = x > (tl[-1][0] / 1e9 if tl else 0) / 2
             top.annotate(f" {d}: first ENOMEM, event {f['seq']} ({f['cache'] or 'kmalloc'})"
-                         + (f", +{more} more" if more else ""), xy=(x, 0.95 - 0.07 * i),
-                         xycoords=("data", "axes fraction"), color=COLORS[d], fontsize=8.5)
+                         + (f", +{more:,} more " if more else " "), xy=(x, 0.05 + 0.07 * i),
+                         xycoords=("data", "axes fraction"), color=COLORS[d], fontsize=8.5,
+                         ha="right" if right else "left")
     top.set_ylabel("MiB")
     top.set_xlabel("trace time (s)")
     top.grid(True, alpha=0.3)
