@@ -124,3 +124,13 @@ def test_replay_into_refuses_another_design(mount_factory, tmp_path):
     r = subprocess.run([KMEMFS, "replay", str(trace), "--into", m.path, "--design", "series"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "optin design" in r.stderr
+
+
+def test_ctl_alloc_acct_under_the_optin_design():
+    """design=optin charges only what is marked: `acct=1` is the ctl's __GFP_ACCOUNT."""
+    fs, send = ctl(Config(design="optin"))
+    assert send("alloc dentry 21 cg=/web")[0].startswith("ok alloc cache=dentry ")
+    assert send("alloc dentry 21 acct=1 cg=/web")[0].startswith("ok alloc cache=dentry(web) ")
+    assert fs.by_path("/web").kmem.usage == 2 * PAGE
+    fs, send = ctl()
+    assert send("alloc dentry 1 cg=/web")[0].startswith("ok alloc cache=dentry(web) ")

@@ -1,7 +1,7 @@
 """The control language written to `.kmemfs/ctl` (docs/ctl.md): parsed, never evaluated.
 
-    alloc CACHE [COUNT] [gfp=FLAGS] [irq=1]     free CACHE [COUNT]
-    kmalloc SIZE [COUNT] [gfp=FLAGS] [irq=1]    kfree SIZE [COUNT]
+    alloc CACHE [COUNT] [gfp=FLAGS] [irq=1] [acct=1]     free CACHE [COUNT]
+    kmalloc SIZE [COUNT] [gfp=FLAGS] [irq=1] [acct=1]    kfree SIZE [COUNT]
     charge anon|file BYTES                      uncharge anon|file BYTES
     spawn                                       exit PID
     touch COUNT      unlink COUNT      drop_caches      reap      workqueue      check
@@ -19,7 +19,7 @@ from ..engine.gfp import GFP_KERNEL, gfp_name
 from . import parse
 
 MAX_LINE = 4096
-OPTIONS = {"task", "cg", "gfp", "irq"}
+OPTIONS = {"task", "cg", "gfp", "irq", "acct"}
 ERRNAME = {errno.EINVAL: "EINVAL", errno.ENOENT: "ENOENT", errno.ESRCH: "ESRCH",
            errno.ENOMEM: "ENOMEM", errno.E2BIG: "E2BIG", errno.EINTR: "EINTR",
            errno.ENOSPC: "ENOSPC", errno.ENODEV: "ENODEV", errno.EBUSY: "EBUSY",
@@ -158,18 +158,23 @@ class Executor:
     def _gfp(self, cmd):
         return parse_gfp(cmd.opts["gfp"]) if "gfp" in cmd.opts else GFP_KERNEL
 
-    def _irq(self, cmd) -> bool:
-        v = cmd.opts.get("irq", "0")
+    def _flag(self, cmd, name) -> bool:
+        v = cmd.opts.get(name, "0")
         if v not in ("0", "1"):
-            raise bad("irq takes 0 or 1")
+            raise bad(f"{name} takes 0 or 1")
         return v == "1"
+
+    def _irq(self, cmd) -> bool:
+        return self._flag(cmd, "irq")
 
     def _alloc(self, orig, count, cmd, a: Actor, verb: str):
         gfp, irq = self._gfp(cmd), self._irq(cmd)
+        acct = self._flag(cmd, "acct")     # marked __GFP_ACCOUNT: what design=optin charges
         done = [0]
 
         def attempt():
-            r = self.engine.alloc(orig, count - done[0], a.memcg, gfp, irq, task=a.task)
+            r = self.engine.alloc(orig, count - done[0], a.memcg, gfp, irq, task=a.task,
+                                  accounted=acct)
             done[0] += r.done
             return r
 
@@ -335,9 +340,9 @@ class Executor:
 
 # verb -> (method, min args, max args, options besides task/cg)
 COMMANDS = {
-    "alloc": (Executor.cmd_alloc, 1, 2, {"gfp", "irq"}),
+    "alloc": (Executor.cmd_alloc, 1, 2, {"gfp", "irq", "acct"}),
     "free": (Executor.cmd_free, 1, 2, set()),
-    "kmalloc": (Executor.cmd_kmalloc, 1, 2, {"gfp", "irq"}),
+    "kmalloc": (Executor.cmd_kmalloc, 1, 2, {"gfp", "irq", "acct"}),
     "kfree": (Executor.cmd_kfree, 1, 2, set()),
     "charge": (Executor.cmd_charge, 2, 2, set()),
     "uncharge": (Executor.cmd_uncharge, 2, 2, set()),
