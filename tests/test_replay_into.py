@@ -134,3 +134,18 @@ def test_ctl_alloc_acct_under_the_optin_design():
     assert fs.by_path("/web").kmem.usage == 2 * PAGE
     fs, send = ctl()
     assert send("alloc dentry 1 cg=/web")[0].startswith("ok alloc cache=dentry(web) ")
+
+
+@pytest.mark.e2e
+def test_replay_into_at_the_traces_pace(mount_factory, tmp_path):
+    """--speed keeps the trace's timing (here 10x: 50 ms of trace); the result is the same."""
+    m = mount_factory(options=["noboot_slabs"])
+    trace = tmp_path / "t.trace"
+    events = [e._replace(time_ns=e.seq * 1_000_000) for e in allocs(50)]
+    write_trace(trace, Header(), events)
+    r = subprocess.run([KMEMFS, "replay", str(trace), "--into", m.path, "--speed", "10"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "objects 50," in r.stdout
+    with open(os.path.join(m.path, "traced", "memory.kmem.usage_in_bytes")) as f:
+        assert int(f.read()) == 3 * PAGE
