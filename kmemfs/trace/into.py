@@ -93,7 +93,7 @@ def feed(mp: str, header, events, cg: str, speed: float = 0, window_ns: int = WI
                 due = wall0 + (ev.time_ns - t_first) / 1e9 / speed
                 if due > time.monotonic() + 0.002:
                     f.flush()                     # what is due goes out before the pause
-                    time.sleep(due - time.monotonic())
+                    time.sleep(max(0.0, due - time.monotonic()))   # the flush took time
             f.add(to_wire(ev))
             n += 1
             if progress is not None and not n % 10000:
