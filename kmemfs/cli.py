@@ -32,6 +32,8 @@ options (-o, comma separated):
   max_objects=N       cap on objects or pages one control command asks for (default
                       100000000): E2BIG beyond
   event_log_size=N    events kept in .kmemfs/events (default 100000)
+  design=optin        charge only allocations marked accounted (mainline since 4.5) instead
+                      of the series' everything-but-NOACCOUNT/NOFAIL/interrupt (design=series)
 """
 
 
@@ -161,6 +163,103 @@ def cmd_ctl(args) -> int:
     return run_ctl(args.mountpoint, " ".join(args.command))
 
 
+# ---------------------------------------------------------------------------- replay, compare
+
+REPLAY_HELP = """\
+Replay a trace made by `kmemfs trace` through the model (no root needed) and report what the
+kernel-memory accounting would have done: objects and bytes charged, slab pages, per-cgroup
+caches, dead caches after the cgroup is removed, and the first allocation a limit refuses
+("under the series this workload would have failed here"). Every traced process becomes a
+simulated task in --cg. With --into, the events go to a running kmemfs mount instead, so its
+files, events, `kmemfs top` and `kmemfs record` follow the workload. See docs/trace.md.
+
+example:
+  kmemfs replay untar.trace --set memory.kmem.independent_kmem_limit=1 \\
+                            --set memory.kmem.limit_in_bytes=2M
+"""
+
+COMPARE_HELP = """\
+Replay a trace under both accounting designs and compare them: `series` (the Feb-2012
+series: every allocation outside interrupt context, bar __GFP_NOACCOUNT and __GFP_NOFAIL)
+and `optin` (mainline since 4.5: only the allocations marked accounted, NOFAIL forced past
+the limit). Same cgroup, same limits (--set), two engines. See docs/trace.md.
+"""
+
+
+def _replay_options(p, design: bool) -> None:
+    p.add_argument("trace", help="a trace file written by `kmemfs trace`")
+    p.add_argument("--cg", default="/traced", metavar="PATH",
+                   help="the cgroup the traced processes run in (made with its parents; "
+                        "default /traced)")
+    p.add_argument("--set", action="append", default=[], metavar="[PATH/]FILE=VALUE",
+                   dest="sets", help="write a control file before the replay, in order, as "
+                   "echo would: memory.limit_in_bytes=8M (in --cg) or /a/memory.use_hierarchy=1")
+    p.add_argument("--catalogue", choices=("3.4", "host"), default="3.4",
+                   help="caches: the built-in 3.4 dump (default; host names mapped onto it) "
+                        "or the trace's own slabinfo")
+    p.add_argument("--keep", action="store_true",
+                   help="do not remove the cgroup at the end (no dead caches reported)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the report (matplotlib)")
+    if design:
+        p.add_argument("--design", choices=("series", "optin"),
+                       help="which accounting rule (default series; with --into the mount's "
+                            "own, -o design=)")
+
+
+def _replay_report(args, designs) -> int:
+    import json
+    from .trace import compare, replay
+    setup = replay.Setup(cg=args.cg, sets=tuple(args.sets), catalogue=args.catalogue,
+                         remove_at_end=not args.keep)
+    try:
+        header, _ = replay.load(args.trace)
+        rep = compare.run(header, lambda: replay.load(args.trace)[1], setup,
+                          samples=400 if args.plot else 0, designs=designs)
+    except (replay.ReplayError, ValueError) as e:
+        print(f"kmemfs: {e}", file=sys.stderr)
+        return 1
+    if args.plot:
+        compare.plot(rep, args.plot)
+    if args.json:
+        json.dump(rep, sys.stdout, indent=1)
+        print()
+    else:
+        compare.render(rep, file=sys.stdout)
+    return 0
+
+
+def cmd_replay(args) -> int:
+    if args.into:
+        from .trace import into
+        return into.main(args)
+    return _replay_report(args, (args.design or "series",))
+
+
+def cmd_compare(args) -> int:
+    from .trace.compare import DESIGNS
+    return _replay_report(args, DESIGNS)
+
+
+def add_replay_parsers(sub) -> None:
+    r = sub.add_parser("replay", help="replay a trace through the model (or into a mount)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=REPLAY_HELP)
+    _replay_options(r, design=True)
+    r.add_argument("--into", metavar="MOUNTPOINT",
+                   help="drive a running kmemfs mount (its .kmemfs/ctl) instead of a private "
+                        "model; --set writes that mount's files")
+    r.add_argument("--speed", type=float, default=0, metavar="X",
+                   help="with --into: play at X times the trace's pace (1 = as recorded); "
+                        "default 0 = as fast as possible")
+    r.set_defaults(fn=cmd_replay)
+    c = sub.add_parser("compare", help="replay a trace under both accounting designs",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=COMPARE_HELP)
+    _replay_options(c, design=False)
+    c.set_defaults(fn=cmd_compare)
+
+
 TRACE_HELP = """\
 Run COMMAND and record its whole process tree's slab allocations (kmem:kmem_cache_alloc,
 kmem:kmalloc), its forks and exits, and every free on the system (kmem:kmem_cache_free,
@@ -262,6 +361,7 @@ def main(argv=None) -> int:
     from .tools import record, top       # the "see it" commands: top, record, plot
     top.add_parsers(sub)
     record.add_parsers(sub)
+    add_replay_parsers(sub)
 
     args = p.parse_args(argv)
     verbose = args.verbose or getattr(args, "verbose", False)

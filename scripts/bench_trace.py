@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark real-workload tracing: capture overhead, parse rate, trace-file read rate.
 
-    .venv/bin/python scripts/bench_trace.py [--quick] [PART ...]     # parts: capture parse read
+    .venv/bin/python scripts/bench_trace.py [--quick] [PART ...]  # parts: capture parse read replay
 
 capture  the same workload untraced and under `kmemfs trace`, alternated, in one run (root +
          tracefs): COMMAND's own wall time traced / untraced (the header's run_ns), the whole
@@ -9,6 +9,9 @@ capture  the same workload untraced and under `kmemfs trace`, alternated, in one
 parse    tracefs text -> Events (kmemfs/trace/parse.py) on this kernel's real trace_pipe sample
          (tests/data/traces/trace_pipe.sample.gz), best of the repeats; target >= 300k lines/s.
 read     trace file -> Events (format.read_trace), plain and gzip'ed, and their sizes.
+replay   offline replay of the fixtures through the engine (kmemfs/trace/replay.py), both
+         designs, beside the bare engine calls; target >= 200k events/s.
+
 parse and read are CPU-bound and timed in CPU time (time.process_time), best of the repeats,
 so other jobs on the machine disturb them less; capture is wall time.
 Not part of the test suite.
@@ -114,7 +117,76 @@ def bench_read(reps, quick):
             ["file", "records", "bytes/record", "read records/s", "write records/s"], rows)
 
 
-PARTS = {"capture": bench_capture, "parse": bench_parse, "read": bench_read}
+REPLAY_TARGET = 200_000
+
+
+def bench_replay(reps, quick):
+    """Offline replay (kmemfs/trace/replay.py Session.run: watermark merge, mapping, engine)
+    of the three fixtures, each copy shifted in time and address so copies are independent;
+    the events are in memory (reading is the `read` part). Beside it, in the same run, the
+    floor: the same allocations and frees as bare engine calls (alloc_object/free_object)."""
+    from kmemfs.trace.replay import Session, Setup, build
+    copies = 4 if quick else 20
+    evs, shift = [], 0
+    for name in ("files", "forkloop", "sockets"):
+        h, it = tformat.read_trace(os.path.join(DATA, f"{name}.trace.gz"))
+        base = list(it)
+        span = base[-1].time_ns - base[0].time_ns + 1_000_000
+        for k in range(copies):
+            evs += [e._replace(seq=len(evs) + i, time_ns=e.time_ns + shift,
+                               ptr=e.ptr + (k << 40) if e.ptr else 0,
+                               pid=e.pid + 100_000 * k, child=e.child + 100_000 * k if e.child else 0)
+                    for i, e in enumerate(base)]
+            shift += span
+    rows = []
+    for design in ("series", "optin"):
+        best = floor = float("inf")
+        for _ in range(reps):
+            fs, memcg = build(Setup(design=design), h)
+            sess = Session(fs.engine, memcg)
+            t = perf()
+            sess.run(iter(evs))
+            best = min(best, perf() - t)
+            floor = min(floor, _engine_floor(build(Setup(design=design), h), sess, evs))
+        rate = len(evs) / best
+        rows.append([design, f"{len(evs):,}", f"{rate:,.0f}", f"{len(evs) / floor:,.0f}",
+                     f"{best / floor:.2f}", f"{REPLAY_TARGET:,}",
+                     f"{rate / REPLAY_TARGET:.2f}" + ("" if rate >= REPLAY_TARGET else " FAIL")])
+    B.table("replay: events/s through Session.run, best of repeats (floor: the bare engine calls)",
+            ["design", "events", "events/s", "floor events/s", "x floor", "target", "headroom"],
+            rows)
+
+
+def _engine_floor(built, sess, evs):
+    """The same allocations and frees as direct engine calls, kinds resolved beforehand."""
+    fs, memcg = built
+    e = fs.engine
+    t = e.spawn(memcg, recipe=())[0]
+    owner, live = t.objs, {}
+    plan = []
+    for ev in evs:
+        if ev.op == "alloc":
+            k = sess.kinds.get((ev[4], ev[6:12]))
+            if k is not None and k.orig is not None:
+                plan.append((ev.ptr, k))
+        elif ev.op == "free":
+            plan.append((ev.ptr, None))
+    alloc, free = e.alloc_object, e.free_object
+    start = perf()
+    for ptr, k in plan:
+        if k is None:
+            o = live.pop(ptr, None)
+            if o is not None:
+                free(o[0], owner, o[1])
+        else:
+            c, slab, _ = alloc(k.orig, memcg, k.bits, k.irq, t, owner, k.accounted)
+            if slab is not None:
+                live[ptr] = (c, slab)
+    return perf() - start
+
+
+PARTS = {"capture": bench_capture, "parse": bench_parse, "read": bench_read,
+         "replay": bench_replay}
 
 
 def main():

@@ -1,11 +1,12 @@
 """The control language written to `.kmemfs/ctl` (docs/ctl.md): parsed, never evaluated.
 
-    alloc CACHE [COUNT] [gfp=FLAGS] [irq=1]     free CACHE [COUNT]
-    kmalloc SIZE [COUNT] [gfp=FLAGS] [irq=1]    kfree SIZE [COUNT]
+    alloc CACHE [COUNT] [gfp=FLAGS] [irq=1] [acct=1]     free CACHE [COUNT]
+    kmalloc SIZE [COUNT] [gfp=FLAGS] [irq=1] [acct=1]    kfree SIZE [COUNT]
     charge anon|file BYTES                      uncharge anon|file BYTES
     spawn                                       exit PID
     touch COUNT      unlink COUNT      drop_caches      reap      cache_reap      workqueue
     check
+    replay begin|alias|ev|end ...               (a trace fed by `kmemfs replay --into`)
 
 Any command may end with `task=PID` (act as that task) and/or `cg=PATH` (charge that cgroup),
 and `cpu=N` (run on CPU N of nr_cpus: its SLAB array caches; CPU 0 otherwise).
@@ -20,7 +21,7 @@ from ..engine.gfp import GFP_KERNEL, gfp_name
 from . import parse
 
 MAX_LINE = 4096
-OPTIONS = {"task", "cg", "gfp", "irq", "cpu"}
+OPTIONS = {"task", "cg", "gfp", "irq", "cpu", "acct"}
 ERRNAME = {errno.EINVAL: "EINVAL", errno.ENOENT: "ENOENT", errno.ESRCH: "ESRCH",
            errno.ENOMEM: "ENOMEM", errno.E2BIG: "E2BIG", errno.EINTR: "EINTR",
            errno.ENOSPC: "ENOSPC", errno.ENODEV: "ENODEV", errno.EBUSY: "EBUSY",
@@ -107,6 +108,7 @@ class Blocked(Exception):
 class Executor:
     fs: object
     results: list = field(default_factory=list)
+    replay: object = None          # the replay Session of this open ctl file
 
     @property
     def engine(self):
@@ -149,8 +151,11 @@ class Executor:
 
     # ------------------------------------------------------------------ running
     def run(self, cmd: Command, req) -> str:
-        self.fs.prune_tasks()
         fn = COMMANDS[cmd.verb][0]
+        if cmd.verb == "replay" and cmd.args[0] != "begin":
+            # its session's simulated tasks act, not the writer
+            return self._on_cpu(self._cpu(cmd), lambda: fn(self, cmd, None))
+        self.fs.prune_tasks()
         cpu = self._cpu(cmd)
         return self._on_cpu(cpu, lambda: fn(self, cmd, self.actor(cmd, req)))
 
@@ -178,18 +183,23 @@ class Executor:
     def _gfp(self, cmd):
         return parse_gfp(cmd.opts["gfp"]) if "gfp" in cmd.opts else GFP_KERNEL
 
-    def _irq(self, cmd) -> bool:
-        v = cmd.opts.get("irq", "0")
+    def _flag(self, cmd, name) -> bool:
+        v = cmd.opts.get(name, "0")
         if v not in ("0", "1"):
-            raise bad("irq takes 0 or 1")
+            raise bad(f"{name} takes 0 or 1")
         return v == "1"
+
+    def _irq(self, cmd) -> bool:
+        return self._flag(cmd, "irq")
 
     def _alloc(self, orig, count, cmd, a: Actor, verb: str):
         gfp, irq = self._gfp(cmd), self._irq(cmd)
+        acct = self._flag(cmd, "acct")     # marked __GFP_ACCOUNT: what design=optin charges
         done = [0]
 
         def attempt():
-            r = self.engine.alloc(orig, count - done[0], a.memcg, gfp, irq, task=a.task)
+            r = self.engine.alloc(orig, count - done[0], a.memcg, gfp, irq, task=a.task,
+                                  accounted=acct)
             done[0] += r.done
             return r
 
@@ -319,6 +329,43 @@ class Executor:
         made = self.engine.run_workqueue()
         return f"ok workqueue created={len(made)}" + "".join(f" {c.name}" for c in made)
 
+    def cmd_replay(self, cmd, a):
+        """A trace fed line by line (docs/ctl.md, kmemfs/trace/replay.py Session)."""
+        from ..trace import replay as _replay
+        sub, args = cmd.args[0], cmd.args[1:]
+        shape = {"begin": (0, 1), "alias": (2, 2), "ev": (len(_replay.WIRE), len(_replay.WIRE)),
+                 "end": (0, 0)}
+        if sub not in shape or not shape[sub][0] <= len(args) <= shape[sub][1]:
+            raise bad(f"replay {sub}: wrong number of arguments" if sub in shape else
+                      "replay takes begin, alias, ev or end")
+        if sub == "begin":
+            if args and args[0] != "inexact":
+                raise bad("replay begin takes only 'inexact'")
+            self.replay = _replay.Session(self.engine, a.memcg, {}, inexact=bool(args))
+            self.replay.blocked = self._replay_blocked
+            return f"ok replay begin cgroup={a.memcg.path()} design={self.engine.policy.name}"
+        if self.replay is None:
+            raise bad("replay: no 'replay begin' on this open file")
+        if sub == "alias":
+            self.replay.mapper.aliases[args[0]] = args[1]
+            return "ok replay alias"
+        if sub == "ev":
+            try:
+                ev = _replay.from_wire(args)
+            except ValueError as e:
+                raise bad(f"replay ev: {e}") from None
+            self.replay.feed(ev)
+            return "ok replay"
+        return "ok replay end " + _replay.summary(self.replay.finish())
+
+    def _replay_blocked(self, r, ev):
+        # The event sleeps on its memcg's OOM (oom_kill_disable) like any charge: the write
+        # waits for the limit or oom_control to change, then the event is fed again.
+        def retry():
+            self.replay.feed(ev)
+            return "ok replay"
+        raise Blocked(r.wait_on, retry)
+
     def cmd_check(self, cmd, a):
         bad_ = check_invariants(self.engine)
         if bad_:
@@ -328,9 +375,9 @@ class Executor:
 
 # verb -> (method, min args, max args, options besides task/cg)
 COMMANDS = {
-    "alloc": (Executor.cmd_alloc, 1, 2, {"gfp", "irq"}),
+    "alloc": (Executor.cmd_alloc, 1, 2, {"gfp", "irq", "acct"}),
     "free": (Executor.cmd_free, 1, 2, set()),
-    "kmalloc": (Executor.cmd_kmalloc, 1, 2, {"gfp", "irq"}),
+    "kmalloc": (Executor.cmd_kmalloc, 1, 2, {"gfp", "irq", "acct"}),
     "kfree": (Executor.cmd_kfree, 1, 2, set()),
     "charge": (Executor.cmd_charge, 2, 2, set()),
     "uncharge": (Executor.cmd_uncharge, 2, 2, set()),
@@ -343,6 +390,7 @@ COMMANDS = {
     "cache_reap": (Executor.cmd_cache_reap, 0, 0, set()),
     "workqueue": (Executor.cmd_workqueue, 0, 0, set()),
     "check": (Executor.cmd_check, 0, 0, set()),
+    "replay": (Executor.cmd_replay, 1, 20, set()),
 }
 
 

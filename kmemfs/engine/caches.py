@@ -108,9 +108,11 @@ class CacheOps:
         self.emit("cache_create", cache=c.name, cgroup=memcg.path())
         return c
 
-    def _select_cache(self, orig: KmemCache, memcg: Memcg, gfp: Gfp, irq: bool) -> KmemCache:
-        """mem_cgroup_get_kmem_cache (spec 3.1): which cache serves this allocation."""
-        if irq or int(gfp) & _NO_COPY or orig.is_copy or memcg is None \
+    def _select_cache(self, orig: KmemCache, memcg: Memcg, gfp: Gfp, irq: bool,
+                      accounted: bool = False) -> KmemCache:
+        """mem_cgroup_get_kmem_cache (spec 3.1): which cache serves this allocation. Whether
+        it is charged at all is the design's decision (policy.py)."""
+        if not self.policy.charges(int(gfp), irq, accounted) or orig.is_copy or memcg is None \
                 or memcg.is_root or memcg.removed:
             return orig
         c = memcg.slabs.get(orig.id)
@@ -204,10 +206,11 @@ class CacheOps:
 
     # ------------------------------------------------------------------ object allocation
     def alloc(self, orig: KmemCache, count: int, memcg: Memcg, gfp: Gfp = GFP_KERNEL,
-              irq: bool = False, task=None, owner=None) -> Result:
-        """kmem_cache_alloc() `count` times by a task of `memcg` (spec 3.1, 2.1)."""
+              irq: bool = False, task=None, owner=None, accounted: bool = False) -> Result:
+        """kmem_cache_alloc() `count` times by a task of `memcg` (spec 3.1, 2.1). `accounted`:
+        the call or cache is marked for accounting (only the optin design looks at it)."""
         res = Result(count)
-        cache = self._select_cache(orig, memcg, gfp, irq)
+        cache = self._select_cache(orig, memcg, gfp, irq, accounted)
         res.cache = cache
         owner = owner if owner is not None else (memcg.pool if memcg else self.boot)
         self.alloc_seq += 1
@@ -218,10 +221,32 @@ class CacheOps:
             self.free_owner(owner)   # OOM-killed during this call: its exit frees these too
         return res
 
+    def alloc_object(self, orig: KmemCache, memcg: Memcg, gfp, irq: bool, task, owner,
+                     accounted: bool = False):
+        """One object, remembered by identity: (cache, slab, None), or (cache, None, Result)
+        when it failed. With a free slot no slab grows, so nothing is charged: that fast path
+        skips alloc's bookkeeping (replay's hot path, scripts/bench_replay.py)."""
+        cache = self._select_cache(orig, memcg, gfp, irq, accounted)
+        if cache.partial or cache.free:
+            self.alloc_seq += 1
+            cache.alloc(1, owner, self.alloc_seq, None)
+            return cache, owner.runs[cache][-1][0], None
+        r = self.alloc(orig, 1, memcg, gfp, irq, task, owner, accounted)
+        runs = owner.runs.get(r.cache)
+        if r.done and runs:
+            return r.cache, runs[-1][0], r
+        return r.cache, None, r
+
     def free(self, cache: KmemCache, owner: Owner, count: int) -> int:
         n = cache.free_objs(owner, count, self._slab_freed(cache), self.cpu)
         self._after_free(cache)
         return n
+
+    def free_object(self, cache: KmemCache, owner: Owner, slab) -> bool:
+        """Free one object by identity: the cache copy and slab it was allocated from."""
+        ok = cache.free_obj(owner, slab, self._slab_freed(cache), self.cpu)
+        self._after_free(cache)
+        return ok
 
     def free_named(self, name: str, count: int, memcg: Memcg) -> int:
         """`free CACHE COUNT`: an original name frees the cgroup's objects of it (its copy and

@@ -20,8 +20,14 @@ class ChargePath:
         OOM_DIE (the charger is dying: 3.3's try_charge left through `bypass:` with -EINTR,
         which 01/10 turns into -ENOMEM like any non-zero return)."""
         may_oom = bool(gfp & Gfp.WAIT and gfp & Gfp.FS and not gfp & Gfp.NORETRY)
+        force = memcg is not None and self.policy.forces(int(gfp))
         if memcg is not None and not memcg.independent_kmem_limit:
             r = self.try_charge(memcg, gfp, delta // self.page, may_oom, current)
+            if force and r in (NOMEM, OOM_DIE):    # a dying task's NOFAIL is forced too
+                self._force(memcg, memcg.res, delta)
+                if self.config.swap_account:
+                    self._force(memcg, memcg.memsw, delta)
+                r = OK
             if r != OK:
                 return r
             # 07/10's `!_memcg` branch (the kmem_bypassed ledger) never fires on 3.3: a
@@ -33,6 +39,9 @@ class ChargePath:
                     memcg.kmem_in_memsw += delta
         if memcg is not None:
             failed = memcg.kmem.charge(delta)
+            if failed is not None and force:
+                self._force(memcg, memcg.kmem, delta)
+                failed = None
             if failed is not None:
                 self.emit("charge_fail", cgroup=failed.owner.path(), counter="kmem", bytes=delta,
                           gfp=int(gfp))
@@ -61,6 +70,11 @@ class ChargePath:
                 if r == OK:
                     return OK
         return self.memcg_charge_kmem(memcg, gfp, delta, current)
+
+    def _force(self, memcg, counter, delta: int) -> None:
+        """The optin design's __GFP_NOFAIL: charged past the limit (try_charge_memcg force:)."""
+        counter.charge_nofail(delta)
+        self.emit("charge_forced", cgroup=memcg.path(), bytes=delta)
 
     def memcg_uncharge_kmem(self, memcg, delta: int) -> None:
         """01/10 + 07/10 + 08/10. 07/10's ledger step (uncharge kmem_bypassed first) is left

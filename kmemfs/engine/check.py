@@ -35,7 +35,7 @@ def check(engine) -> list:
             ctr = getattr(m, name)
             if ctr.usage < 0 or ctr.failcnt < 0:
                 bad.append(f"{where}: {name} negative")
-            if not m.is_root and ctr.usage > ctr.limit:
+            if not m.is_root and ctr.usage > ctr.limit and not engine.policy.forces_past_limit:
                 bad.append(f"{where}: {name} usage {ctr.usage} over limit {ctr.limit}")
         if min(m.kmem_bypassed, m.cache_bytes, m.rss_bytes, m.under_oom) < 0:
             bad.append(f"{where}: negative ledger or page count")

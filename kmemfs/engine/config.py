@@ -30,6 +30,9 @@ class Config:
     max_objects: int = 100_000_000    # objects (or pages) one control command may ask for: E2BIG
     vm_swappiness: int = 60           # what root's memory.swappiness shows
     event_log_size: int = 100000
+    # Which allocations are charged (engine/policy.py): "series" (the Feb-2012 series) or
+    # "optin" (mainline since 4.5: only those marked accounted; NOFAIL forced past the limit).
+    design: str = "series"
 
     def items(self):
         return [(f.name, getattr(self, f.name)) for f in fields(self)]

@@ -14,6 +14,7 @@ from collections import deque
 from itertools import islice
 
 from . import catalogue as _catalogue
+from . import policy as _policy
 from .caches import CacheOps
 from .charge import ChargePath
 from .config import Config
@@ -26,6 +27,7 @@ from .tree import TreeOps
 class Engine(CacheOps, ChargePath, TreeOps, TaskOps):
     def __init__(self, config: Config = Config(), specs=None, source: str = "built-in"):
         self.config = config
+        self.policy = _policy.design(config.design)
         self.catalogue_source = source
         self.page = config.page_size
         self.root = None

@@ -323,6 +323,25 @@ class KmemCache:
                 ac.push(slab, n)
                 k -= n
 
+    def free_obj(self, owner: Owner, slab: Slab, destroy, cpu: int = 0) -> bool:
+        """Free one of `owner`'s objects that lives on `slab` (kmem_cache_free of a known
+        pointer, for replayed traces), through the CPU's array like any free. False when
+        owner holds none there."""
+        runs = owner.runs.get(self)
+        if runs:
+            for i in range(len(runs) - 1, -1, -1):     # recent objects die first, mostly
+                run = runs[i]
+                if run[0] is slab:
+                    run[1] -= 1
+                    if not run[1]:
+                        del runs[i]
+                        if not runs:
+                            del owner.runs[self]
+                            del self.holders[owner]
+                    self.put(((slab, 1),), destroy, cpu)
+                    return True
+        return False
+
     def flusharray(self, ac: ArrayCache, destroy) -> None:
         """cache_flusharray: batchcount entries from the bottom go to the shared array while it
         has room, else back to their slabs."""

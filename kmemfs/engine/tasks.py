@@ -52,17 +52,19 @@ class TaskOps:
         t.rss[to] = t.rss.get(to, 0) + size
         self.memcg_check_events(to)       # mem_cgroup_move_account
 
-    def spawn(self, memcg: Memcg, parent: Task = None) -> tuple:
-        """fork(): allocate FORK_RECIPE in memcg's caches; all or nothing. Returns
+    def spawn(self, memcg: Memcg, parent: Task = None, recipe=FORK_RECIPE,
+              comm: str = "sim") -> tuple:
+        """fork(): allocate `recipe` (FORK_RECIPE; empty for a replayed task, whose trace
+        holds its own allocations) in memcg's caches; all or nothing. Returns
         (Task or None, Result of the failing step or None)."""
         if memcg.removed:
             raise EngineError(errno.ENODEV, "cgroup was removed")
         if self.nr_simulated >= self.config.max_tasks:
             raise EngineError(errno.ENOSPC, f"{self.nr_simulated} simulated tasks: the cap "
                               f"(max_tasks={self.config.max_tasks}) is reached")
-        recipe = [(self.cache(name), n) for name, n in FORK_RECIPE]
+        recipe = [(self.cache(name), n) for name, n in recipe]
         pid = self.next_pid
-        t = Task(pid, memcg, simulated=True, comm="sim")
+        t = Task(pid, memcg, simulated=True, comm=comm)
         for cache, n in recipe:
             r = self.alloc(cache, n, memcg, GFP_KERNEL, task=parent, owner=t.objs)
             if not r.ok or r.done < n:
@@ -77,15 +79,18 @@ class TaskOps:
         self.emit("task_spawn", pid=pid, cgroup=memcg.path())
         return t, None
 
-    def exit_task(self, pid: int, reason: str = "exit") -> Task:
+    def exit_task(self, pid: int, reason: str = "exit", keep_objects: bool = False) -> Task:
+        """`keep_objects`: what the task allocated outlives it (a replayed task's dentries;
+        its trace frees the rest itself), held by its Owner `t.objs`."""
         t = self.tasks.get(pid)
         if t is None:
             raise EngineError(errno.ESRCH, f"no task {pid}")
-        self._exit(t, reason)
+        self._exit(t, reason, keep_objects)
         return t
 
-    def _exit(self, t: Task, reason: str) -> None:
-        self.free_owner(t.objs)
+    def _exit(self, t: Task, reason: str, keep_objects: bool = False) -> None:
+        if not keep_objects:
+            self.free_owner(t.objs)
         for m, size in list(t.rss.items()):
             self._uncharge_user(m, "anon", size // self.page, t)
         del t.memcg.tasks[t.pid]

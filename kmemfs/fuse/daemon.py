@@ -14,6 +14,7 @@ import trio
 from ..cgroupfs.tree import CgroupFS
 from ..engine import Config, Engine, EngineError, load_catalogue
 from .safepath import UnsafePath, resolve
+from ..engine.policy import DESIGNS
 
 log = logging.getLogger("kmemfs")
 
@@ -45,6 +46,10 @@ def parse_options(text: str):
                 cfg = replace(cfg, **{BOOL_OPTIONS[key]: _bool(val) if val else True})
             elif key.startswith("no") and key[2:] in BOOL_OPTIONS and not val:
                 cfg = replace(cfg, **{BOOL_OPTIONS[key[2:]]: False})
+            elif key == "design":             # engine/policy.py: series | optin
+                if val not in DESIGNS:
+                    raise ValueError
+                cfg = replace(cfg, design=val)
             elif key in INT_OPTIONS:
                 n = int(val)
                 if n < 0 or (key in ("nr_cpus", "page_size", "max_memcgs") and n < 1):
