@@ -29,6 +29,16 @@ FIXTURES = ("forkloop", "files", "sockets")
 PAGE = 4096
 KMEMFS = os.path.join(os.path.dirname(sys.executable), "kmemfs")
 SPECS = {s.name: s for s in catalogue.load()}
+GENERAL = sorted((s.objsize, s.name) for s in SPECS.values()
+                 if s.name.startswith("size-") and "DMA" not in s.name)
+
+
+def descriptor_cache(name):
+    """3.3 mm/slab.c: an off-slab cache's struct slab + bufctls come from the smallest size-N
+    cache that fits slab_size (kmem_find_general_cachep), allocated at each cache_grow."""
+    s = SPECS[name]
+    off, size = catalogue.off_slab(name, s.objsize, s.objperslab, s.pagesperslab)
+    return next((n for objsize, n in GENERAL if objsize >= size), None) if off else None
 
 
 def trace(name):
@@ -79,6 +89,14 @@ def oracle(name, design="series", limit=None):
                 continue
             slabs[m.name] = slabs.get(m.name, 0) + 1
             pages += s.pagesperslab * PAGE
+            d = descriptor_cache(m.name)
+            if d is not None:        # 05/10 redirects it to this cgroup's copy of size-N
+                copies.add(d)
+                dn, ds = count.get(d, 0), SPECS[d]
+                if dn == slabs.get(d, 0) * ds.objperslab:
+                    slabs[d] = slabs.get(d, 0) + 1
+                    pages += ds.pagesperslab * PAGE
+                count[d] = dn + 1
             peak = max(peak, pages)
         count[m.name] = n + 1
         charged += 1

@@ -27,7 +27,7 @@ from .tree import TreeOps
 class Engine(CacheOps, ChargePath, TreeOps, TaskOps):
     def __init__(self, config: Config = Config(), specs=None, source: str = "built-in"):
         self.config = config
-        self.policy = _policy.design(config.design)
+        _policy.design(config.design)         # an unknown design is refused here
         self.catalogue_source = source
         self.page = config.page_size
         self.root = None
@@ -60,6 +60,11 @@ class Engine(CacheOps, ChargePath, TreeOps, TaskOps):
         self.last_memcg_id = 1                # ids are never reused: inode numbers derive from them
         # patch 08/10: boot-time slab is copied into root's usage; max_usage is not updated.
         self.root.kmem.usage = self.pre_memcg_kmem_bytes
+
+    @property
+    def policy(self):
+        """The accounting design (engine/policy.py), derived from the config: not state."""
+        return _policy.DESIGNS[self.config.design]
 
     # ------------------------------------------------------------------ events
     def emit(self, kind: str, **fields) -> None:
