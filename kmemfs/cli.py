@@ -6,8 +6,6 @@ import subprocess
 import sys
 import textwrap
 
-from .fuse import daemon
-
 log = logging.getLogger("kmemfs")
 
 MOUNT_HELP = """\
@@ -31,6 +29,7 @@ options (-o, comma separated):
 
 
 def cmd_mount(args) -> int:
+    from .fuse import daemon     # pyfuse3 and trio: only the commands that mount pay for them
     mp = os.path.abspath(args.mountpoint)
     try:
         config, fuse_opts = daemon.parse_options(",".join(args.o or []))
@@ -92,6 +91,7 @@ def _background(args, mp) -> int:
 
 
 def cmd_umount(args) -> int:
+    from .fuse import daemon
     mp = os.path.abspath(args.mountpoint)
     if not os.path.ismount(mp):
         try:
@@ -153,14 +153,18 @@ def main(argv=None) -> int:
     u.add_argument("mountpoint")
     u.set_defaults(fn=cmd_umount)
 
-    c = sub.add_parser("ctl", help="run one control command",
+    c = sub.add_parser("ctl", help="run control commands",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description=textwrap.dedent("""\
-                           Write one command to MOUNTPOINT/.kmemfs/ctl, print its result line,
-                           and exit non-zero with the errno text when it fails.
-                           See docs/ctl.md for the language, e.g.:
+                           Write a command to MOUNTPOINT/.kmemfs/ctl, print its result,
+                           and exit non-zero with the errno text when it fails. With no
+                           command, or '-', read commands from stdin, one per line (each its
+                           own write and result; the status is 1 if any failed).
+                           'help' lists the commands; see docs/ctl.md for the language, e.g.:
+                             kmemfs ctl /tmp/kmemfs help
                              kmemfs ctl /tmp/kmemfs alloc dentry 100 cg=/web
-                             kmemfs ctl /tmp/kmemfs spawn cg=/web"""))
+                             kmemfs ctl /tmp/kmemfs status
+                             printf 'spawn cg=/web\\ntasks\\n' | kmemfs ctl /tmp/kmemfs -"""))
     c.add_argument("mountpoint")
     c.add_argument("command", nargs=argparse.REMAINDER)
     c.set_defaults(fn=cmd_ctl)
