@@ -172,6 +172,8 @@ def main(argv=None) -> int:
     from .tools import record, top       # the "see it" commands: top, record, plot
     top.add_parsers(sub)
     record.add_parsers(sub)
+    from . import exec as exec_cmd       # kmemfs as the system's hierarchy, for real tools
+    exec_cmd.add_parser(sub)
 
     args = p.parse_args(argv)
     verbose = args.verbose or getattr(args, "verbose", False)
