@@ -118,6 +118,22 @@ def cmd_ctl(args) -> int:
     return run_ctl(args.mountpoint, " ".join(args.command))
 
 
+def parse_with_command(parser, argv):
+    """`kmemfs record MP --out F -- COMMAND...`, `kmemfs exec MP -- COMMAND...`: what follows
+    the first `--` is the command, whatever the options before it (argparse alone would give
+    it to the first positional that can take it)."""
+    if "--" not in argv:
+        return parser.parse_args(argv)
+    i = argv.index("--")
+    args = parser.parse_args(argv[:i])
+    if args.cmd == "ctl":                      # a control command's own words
+        return parser.parse_args(argv)
+    if not hasattr(args, "command"):
+        parser.error(f"'kmemfs {args.cmd}' takes no -- COMMAND")
+    args.command = argv[i + 1:]
+    return args
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="kmemfs", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -175,7 +191,7 @@ def main(argv=None) -> int:
     from . import exec as exec_cmd       # kmemfs as the system's hierarchy, for real tools
     exec_cmd.add_parser(sub)
 
-    args = p.parse_args(argv)
+    args = parse_with_command(p, sys.argv[1:] if argv is None else list(argv))
     verbose = args.verbose or getattr(args, "verbose", False)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         filename=args.log, format="%(asctime)s kmemfs[%(process)d] %(levelname)s %(message)s")
