@@ -79,7 +79,7 @@ def _background(args, mp) -> int:
     with os.fdopen(r) as f:
         msg = f.readline().strip()
     if msg == "ready":
-        print(f"kmemfs mounted at {mp} (pid {proc.pid}); unmount with: kmemfs umount {mp}")
+        print(f"kmemfs mounted at {mp} (pid {proc.pid}); unmount with: {_me()} umount {mp}")
         return 0
     proc.wait()
     if msg:
@@ -88,6 +88,16 @@ def _background(args, mp) -> int:
         print(f"kmemfs: the daemon exited with status {proc.returncode} before mounting",
               file=sys.stderr)
     return 1
+
+
+def _me() -> str:
+    """How to call this kmemfs in a hint: `kmemfs` when that is on PATH, else the full path."""
+    import shutil
+    mine = os.path.join(os.path.dirname(sys.executable), "kmemfs")
+    found = shutil.which("kmemfs")
+    if found and os.path.realpath(found) == os.path.realpath(mine):
+        return "kmemfs"
+    return mine if os.path.exists(mine) else "kmemfs"
 
 
 def cmd_umount(args) -> int:

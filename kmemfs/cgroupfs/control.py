@@ -119,9 +119,10 @@ class EventsFile:
             if "time" not in fields:
                 now = now or wall_clock()
                 fields["time"] = now
-            line = (f"{seq} {kind} time={fields['time']}"
+            # the time goes last: `<seq> <type> cgroup=...` stays what scripts grep for
+            line = (f"{seq} {kind}"
                     + "".join(f" {k}={_esc(v)}" for k, v in fields.items() if k != "time")
-                    + "\n")
+                    + f" time={fields['time']}\n")
             line = encode(line)
             self.offsets.append(self.end)
             self.lines.append(line)
