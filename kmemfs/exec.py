@@ -22,18 +22,15 @@ other name is a symlink to the caller's real `/proc/<pid>/<name>` (so /proc/self
 /proc/self/status ... stay the real, per-process files). /proc/mounts follows /proc/self.
 Explicit /proc/<pid>/mounts paths stay real.
 """
-import ctypes
 import errno
 import os
 import signal
 import stat
-import subprocess
 import sys
 
 CGROUP_MEMORY = "/sys/fs/cgroup/memory"
 LINK_NAMES = {"self": "self-link", "thread-self": "thread-self-link"}    # in procself's root
 
-_libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNS = 0x20000
 MS_BIND, MS_REC, MS_PRIVATE, MNT_DETACH = 0x1000, 0x4000, 1 << 18, 2
 SYS_open_tree, SYS_move_mount = 428, 429
@@ -45,27 +42,41 @@ class ExecError(Exception):
     pass
 
 
+def libc():
+    """libc through ctypes, loaded on first use (not when `kmemfs` merely starts)."""
+    global _libc
+    if _libc is None:
+        import ctypes
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+_libc = None
+
+
 def _check(rc, what):
     if rc < 0:
+        import ctypes
         e = ctypes.get_errno()
         raise ExecError(f"{what}: {os.strerror(e)}")
     return rc
 
 
 def mount(source, target, fstype=None, flags=0, data=None):
-    _check(_libc.mount(None if source is None else os.fsencode(source), os.fsencode(target),
-                       None if fstype is None else os.fsencode(fstype), ctypes.c_ulong(flags),
-                       None if data is None else os.fsencode(data)),
+    import ctypes
+    _check(libc().mount(None if source is None else os.fsencode(source), os.fsencode(target),
+                        None if fstype is None else os.fsencode(fstype), ctypes.c_ulong(flags),
+                        None if data is None else os.fsencode(data)),
            f"mount {source} on {target}")
 
 
 def mount_over_link(source, target):
     """Bind `source` (a symlink, not followed) over `target` (a symlink, not followed)."""
-    fd = _check(_libc.syscall(SYS_open_tree, AT_FDCWD, os.fsencode(source),
+    fd = _check(libc().syscall(SYS_open_tree, AT_FDCWD, os.fsencode(source),
                               OPEN_TREE_CLONE | os.O_CLOEXEC | AT_SYMLINK_NOFOLLOW),
                 f"open_tree {source}")
     try:
-        _check(_libc.syscall(SYS_move_mount, fd, b"", AT_FDCWD, os.fsencode(target),
+        _check(libc().syscall(SYS_move_mount, fd, b"", AT_FDCWD, os.fsencode(target),
                              MOVE_MOUNT_F_EMPTY_PATH), f"move_mount onto {target}")
     finally:
         os.close(fd)
@@ -239,13 +250,15 @@ def serve_procself(mountpoint: str, ready_fd: int) -> None:
     os.write(ready_fd, b"ready\n")
     os.close(ready_fd)
 
-    def stop(*_):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop)
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pyfuse3.main)
+            with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:          # kmemfs exec is done: stop serving
+                    nursery.cancel_scope.cancel()
+                    break
     try:
-        trio.run(pyfuse3.main)
-    except KeyboardInterrupt:
-        pass
+        trio.run(main)
     finally:
         pyfuse3.close(unmount=True)
 
@@ -265,6 +278,7 @@ def setup(kmemfs_mp: str, workdir: str) -> int:
     pid = os.fork()
     if pid == 0:                                    # the procself server
         os.close(r)
+        os.setsid()                # a ^C at the terminal is for COMMAND, not for the server
         try:
             serve_procself(workdir, w)
         finally:
@@ -295,8 +309,9 @@ def run(args) -> int:
     os.mkdir(workdir, 0o700)
     server = None
     try:
-        _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+        _check(libc().unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
         server = setup(mp, workdir)
+        import subprocess
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)   # the command gets the ^C
         try:
             rc = subprocess.call(cmd)
@@ -312,10 +327,10 @@ def run(args) -> int:
     finally:
         if server is not None:
             for d in LINK_NAMES:
-                _libc.umount2(os.fsencode(f"/proc/{d}"), MNT_DETACH)
+                libc().umount2(os.fsencode(f"/proc/{d}"), MNT_DETACH)
             os.kill(server, signal.SIGTERM)
             os.waitpid(server, 0)
-        _libc.umount2(os.fsencode(workdir), MNT_DETACH)
+        libc().umount2(os.fsencode(workdir), MNT_DETACH)
         try:
             os.rmdir(workdir)
         except OSError:

@@ -18,11 +18,9 @@ Recording format, one JSON object per line:
 Counters a hierarchy lacks are null (kmem on a plain kernel, memsw with noswapaccount).
 """
 import argparse
-import datetime
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -116,6 +114,7 @@ def sweep(mountpoint, deadline=None):
 
 def event_time(fields, wall_start, fallback):
     """Seconds since the start from an event's `time=2026-...Z` field, else `fallback`."""
+    import datetime
     try:
         stamp = datetime.datetime.strptime(fields["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
     except (KeyError, ValueError):
@@ -218,6 +217,7 @@ def cmd_record(args) -> int:
 
     def start():                         # after the first sample: it shows the state before
         nonlocal child
+        import subprocess
         try:
             child = subprocess.Popen(command)
         except OSError as e:
