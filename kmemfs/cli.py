@@ -1,14 +1,13 @@
 """The `kmemfs` command."""
 import argparse
-import logging
 import os
-import subprocess
 import sys
 import textwrap
 
-from .fuse import daemon, safepath
+from .fuse import safepath
 
-log = logging.getLogger("kmemfs")
+# Imports beyond these happen in the command that needs them: `kmemfs ctl` starts in tens of
+# milliseconds because it loads neither pyfuse3/trio (the daemon) nor rich (top).
 
 MOUNT_HELP = """\
 Mount a fake cgroup v1 memory hierarchy at MOUNTPOINT. Its files read and write a model of
@@ -38,6 +37,7 @@ options (-o, comma separated):
 
 
 def cmd_mount(args) -> int:
+    from .fuse import daemon     # pyfuse3 and trio: only the commands that mount pay for them
     try:
         config, fuse_opts = daemon.parse_options(",".join(args.o or []))
         mp = daemon.check_mountpoint(os.path.abspath(args.mountpoint), "nonempty" in fuse_opts)
@@ -67,6 +67,7 @@ def _ready_notifier(fd):
 
 
 def _background(args, mp) -> int:
+    import subprocess
     r, w = os.pipe()
     cmd = [sys.executable, "-m", "kmemfs", "mount", mp, "--foreground", "--ready-fd", str(w)]
     for o in args.o or []:
@@ -87,7 +88,7 @@ def _background(args, mp) -> int:
     with os.fdopen(r) as f:
         msg = f.readline().strip()
     if msg == "ready":
-        print(f"kmemfs mounted at {mp} (pid {proc.pid}); unmount with: kmemfs umount {mp}")
+        print(f"kmemfs mounted at {mp} (pid {proc.pid}); unmount with: {_me()} umount {mp}")
         return 0
     proc.wait()
     if msg:
@@ -98,8 +99,19 @@ def _background(args, mp) -> int:
     return 1
 
 
+def _me() -> str:
+    """How to call this kmemfs in a hint: `kmemfs` when that is on PATH, else the full path."""
+    import shutil
+    mine = os.path.join(os.path.dirname(sys.executable), "kmemfs")
+    found = shutil.which("kmemfs")
+    if found and os.path.realpath(found) == os.path.realpath(mine):
+        return "kmemfs"
+    return mine if os.path.exists(mine) else "kmemfs"
+
+
 def cmd_umount(args) -> int:
     """Only a kmemfs mount is touched (issue 9 item 3); a lazy detach is always announced."""
+    from .fuse import daemon
     mp = os.path.realpath(os.path.abspath(args.mountpoint))
     try:
         daemon.require_kmemfs(mp)
@@ -146,6 +158,7 @@ def _state_identity(pid):
     """(the --state FILE of daemon `pid`, which file it is now): a save replaces the file
     by a new one (rename), so an unchanged identity after the daemon exits means the final
     save failed."""
+    from .fuse import daemon
     path = daemon.state_path_of(pid)
     return path, _identity(path) if path else None
 
@@ -287,6 +300,22 @@ def cmd_trace(args) -> int:
     return header.exit_status if header.exit_status is not None else 1
 
 
+def parse_with_command(parser, argv):
+    """`kmemfs record MP --out F -- COMMAND...`, `kmemfs exec MP -- COMMAND...`: what follows
+    the first `--` is the command, whatever the options before it (argparse alone would give
+    it to the first positional that can take it)."""
+    if "--" not in argv:
+        return parser.parse_args(argv)
+    i = argv.index("--")
+    args = parser.parse_args(argv[:i])
+    if args.cmd == "ctl":                      # a control command's own words
+        return parser.parse_args(argv)
+    if not hasattr(args, "command"):
+        parser.error(f"'kmemfs {args.cmd}' takes no -- COMMAND")
+    args.command = argv[i + 1:]
+    return args
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="kmemfs", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -330,14 +359,18 @@ def main(argv=None) -> int:
                    help="when the mount is busy, detach it lazily (umount -l) instead of failing")
     u.set_defaults(fn=cmd_umount)
 
-    c = sub.add_parser("ctl", help="run one control command",
+    c = sub.add_parser("ctl", help="run control commands",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description=textwrap.dedent("""\
-                           Write one command to MOUNTPOINT/.kmemfs/ctl, print its result line,
-                           and exit non-zero with the errno text when it fails.
-                           See docs/ctl.md for the language, e.g.:
+                           Write a command to MOUNTPOINT/.kmemfs/ctl, print its result,
+                           and exit non-zero with the errno text when it fails. With no
+                           command, or '-', read commands from stdin, one per line (each its
+                           own write and result; the status is 1 if any failed).
+                           'help' lists the commands; see docs/ctl.md for the language, e.g.:
+                             kmemfs ctl /tmp/kmemfs help
                              kmemfs ctl /tmp/kmemfs alloc dentry 100 cg=/web
-                             kmemfs ctl /tmp/kmemfs spawn cg=/web"""))
+                             kmemfs ctl /tmp/kmemfs status
+                             printf 'spawn cg=/web\\ntasks\\n' | kmemfs ctl /tmp/kmemfs -"""))
     c.add_argument("mountpoint")
     c.add_argument("command", nargs=argparse.REMAINDER)
     c.set_defaults(fn=cmd_ctl)
@@ -362,18 +395,22 @@ def main(argv=None) -> int:
     top.add_parsers(sub)
     record.add_parsers(sub)
     add_replay_parsers(sub)
+    from . import exec as exec_cmd       # kmemfs as the system's hierarchy, for real tools
+    exec_cmd.add_parser(sub)
 
-    args = p.parse_args(argv)
-    verbose = args.verbose or getattr(args, "verbose", False)
-    stream = None
-    if args.log:
-        try:    # never through a user's symlink or directory (kmemfs/fuse/safepath.py)
-            stream = safepath.open_log(args.log)
-        except safepath.UnsafePath as e:
-            print(f"kmemfs: refusing the log file: {e}", file=sys.stderr)
-            return 1
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=stream,
-                        format="%(asctime)s kmemfs[%(process)d] %(levelname)s %(message)s")
+    args = parse_with_command(p, sys.argv[1:] if argv is None else list(argv))
+    if args.cmd in ("mount", "umount", "trace"):      # only the daemon's side logs
+        import logging
+        verbose = args.verbose or getattr(args, "verbose", False)
+        stream = None
+        if args.log:
+            try:    # never through a user's symlink or directory (kmemfs/fuse/safepath.py)
+                stream = safepath.open_log(args.log)
+            except safepath.UnsafePath as e:
+                print(f"kmemfs: refusing the log file: {e}", file=sys.stderr)
+                return 1
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=stream,
+                            format="%(asctime)s kmemfs[%(process)d] %(levelname)s %(message)s")
     return args.fn(args)
 
 

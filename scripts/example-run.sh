@@ -2,11 +2,17 @@
 # Makes docs/example-run.png: records a mount while a slowed-down version of
 # examples/02-dependent-reclaim-oom.sh (/dep) and 01-independent-limit.sh (/jail) run in small
 # steps, then plots the recording.
-#   scripts/example-run.sh MOUNTPOINT [OUT.png]      (a mounted kmemfs, e.g. from scripts/run)
+#   scripts/example-run.sh MOUNTPOINT [OUT.png]   (a mounted kmemfs, e.g. from scripts/run)
+# Without OUT.png the picture goes to a new file in /tmp (its path is printed);
+# docs/example-run.png is written only when asked: scripts/example-run.sh MOUNTPOINT --docs
 . "$(dirname "$0")/examples/lib.sh" "$@"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 KMEMFS="${KMEMFS_BIN:-$ROOT/.venv/bin/kmemfs}"
-OUT=${2:-$ROOT/docs/example-run.png}
+case "${2:-}" in
+    --docs) OUT=$ROOT/docs/example-run.png ;;
+    "") OUT=$(mktemp --suffix=.png) ;;
+    *) OUT=$2 ;;
+esac
 REC=$(mktemp --suffix=.jsonl)
 step() { sleep "${STEP:-0.04}"; }
 
@@ -52,3 +58,4 @@ kill -INT $rec; wait $rec; trap - EXIT
 "$KMEMFS" plot "$REC" --out "$OUT" \
     --title "kmemfs: dependent mode reclaims then OOM-kills (/dep); an independent kmem limit stops a dentry flood (/jail)"
 echo "recording: $REC"
+echo "picture: $OUT"

@@ -96,7 +96,9 @@ def events(m) -> list:
     out = []
     for line in read(m.p(".kmemfs", "events")).splitlines():
         seq, kind, *kv = line.split(" ")
-        out.append((int(seq), kind, dict(x.split("=", 1) for x in kv)))
+        fields = dict(x.split("=", 1) for x in kv)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", fields.pop("time"))
+        out.append((int(seq), kind, fields))
     return out
 
 
@@ -272,7 +274,7 @@ def test_multi_line_write_runs_in_order_and_stops_at_first_error(tm):
     assert rc == errno.EINVAL
     assert out == ["ok alloc cache=dentry(a) count=1 cgroup=/a gfp=GFP_KERNEL",
                    "ok alloc cache=dentry(a) count=2 cgroup=/a gfp=GFP_KERNEL",
-                   "error: EINVAL: unknown command 'frobnicate'"]
+                   "error: EINVAL: unknown command 'frobnicate'; 'help' lists the commands"]
     assert slabs(tm)["dentry(a)"][0] == 3
     rc, out = run(tm, "spawn cg=/a\ncheck\nworkqueue\n")
     assert rc == 0 and out == [f"ok spawn pid={SIM_PID} cgroup=/a", "ok check invariants=hold",
@@ -336,8 +338,8 @@ def test_exit_of_host_pid_and_overlong_line(tm):
             p.kill()
     rc, out = run(tm, "alloc dentry 1 cg=/a " + "#" * 5000 + "\n")
     assert rc == errno.E2BIG and out == []
-    r = cli(tm)
-    assert r.returncode == 2 and "needs a command" in r.stderr
+    r = cli(tm)                     # no command: commands from stdin (none here)
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == ""
 
 
 def test_enomem_keeps_what_was_allocated(tm):
@@ -468,7 +470,7 @@ def test_events_of_every_kind(tm):
        "echo 4K > memory.kmem.limit_in_bytes", check=True)
     fails(tm, "alloc dentry 21 cg=/i", errno.ENOMEM)
     assert kinds(tm, "charge_fail")[-1] == {"cgroup": "/i", "counter": "kmem", "bytes": "4096",
-                                            "gfp": "208"}
+                                            "gfp": "GFP_KERNEL"}
     # reclaim, charge_fail (res), oom_kill: a 17-page cgroup, a task, page cache to reclaim
     os.mkdir(tm.p("o"))
     sh(f"echo 68K > {tm.p('o', 'memory.limit_in_bytes')}", check=True)
@@ -476,7 +478,7 @@ def test_events_of_every_kind(tm):
     ok(tm, "charge file 8K cg=/o")                                          # 17 pages
     ok(tm, f"charge anon 4K task={pid}")             # reclaims the page cache: 16 pages
     assert {"cgroup": "/o", "pages": "2"} in kinds(tm, "reclaim")
-    assert {"cgroup": "/o", "counter": "res", "bytes": "4096", "gfp": "208"} in \
+    assert {"cgroup": "/o", "counter": "res", "bytes": "4096", "gfp": "GFP_KERNEL"} in \
         kinds(tm, "charge_fail")
     assert "charged 1 of 3 pages" in fails(tm, f"charge anon 12K task={pid}", errno.ENOMEM)
     kill = kinds(tm, "oom_kill")
@@ -508,6 +510,10 @@ def test_events_of_every_kind(tm):
     ok(tm, "reap")
     assert kinds(tm, "uncharge_underflow") == [{"cgroup": "/u", "counter": "res",
                                                 "bytes": "4096"}]
+    # independent_toggled: the flips above, with kmem out (the README's warning)
+    # (the first flip had nothing charged: no event)
+    assert [f for f in kinds(tm, "independent_toggled") if f["cgroup"] == "/u"] == [
+        {"cgroup": "/u", "to": "0", "kmem_bytes": "4096"}]
     # under_oom: a charge that sleeps (oom_kill_disable=1) until the limit is raised
     os.mkdir(tm.p("z"))
     sh(f"cd {tm.path}/z && echo 4K > memory.limit_in_bytes && echo 1 > memory.oom_control",
@@ -525,16 +531,18 @@ def test_events_of_every_kind(tm):
     assert [s for s, _, _ in events(tm)] == list(range(1, len(events(tm)) + 1))
     assert {k for _, k, _ in events(tm)} == {
         "cache_create", "cache_dead", "cache_destroy", "charge_fail", "reclaim", "oom_kill",
-        "under_oom", "bypass", "uncharge_underflow", "task_spawn", "task_exit"}
+        "under_oom", "bypass", "uncharge_underflow", "task_spawn", "task_exit",
+        "independent_toggled"}
 
 
 def test_events_reader_kept_open_sees_only_new_events(tm):
     path = tm.p(".kmemfs", "events")
     os.mkdir(tm.p("a"))
     ok(tm, "alloc dentry 1 cg=/a")
+    untimed = lambda text: re.sub(r" time=\S+", "", text)          # noqa: E731
     with open(path, "rb", buffering=0) as f:
         first = f.read()
-        assert first == b"1 cache_create cache=dentry(a) cgroup=/a\n"
+        assert untimed(first.decode()) == "1 cache_create cache=dentry(a) cgroup=/a\n"
         assert f.read() == b""
         # 11 FORK_RECIPE copies and size-64(a) (signal_cache's off-slab descriptors), the task
         ok(tm, "spawn cg=/a")
@@ -543,11 +551,11 @@ def test_events_reader_kept_open_sees_only_new_events(tm):
         lines = new.splitlines()
         assert [l.split()[:2] for l in lines] == \
             [[str(i), "cache_create"] for i in range(2, 14)] + [["14", "task_spawn"]]
-        assert lines[-1] == f"14 task_spawn pid={SIM_PID} cgroup=/a"
+        assert untimed(lines[-1]) == f"14 task_spawn pid={SIM_PID} cgroup=/a"
         assert f.read() == b""
         ok(tm, f"exit {SIM_PID}")
-        last = f"15 task_exit pid={SIM_PID} cgroup=/a reason=exit\n"
-        assert f.read().decode() == last
+        last = f.read().decode()
+        assert untimed(last) == f"15 task_exit pid={SIM_PID} cgroup=/a reason=exit\n"
     # Offsets are stable: a fresh reader at the same offset sees the same bytes; st_size is
     # the bytes ever written (the kernel may cache attributes for a moment).
     total = len(first) + len(new.encode()) + len(last)
@@ -743,3 +751,88 @@ def test_dependent_mode_counters_and_dead_caches(tm):
     destroyed = {f["cache"] for f in kinds(tm, "cache_destroy")}
     assert {"dentry(d)dead", "inode_cache(d)dead", "size-128(d)dead"} <= destroyed
     assert ok(tm, "check") == "ok check invariants=hold"
+
+
+# ------------------------------------------------------------------ discovery (issue 12)
+def test_help_caches_tasks_status_answer_in_several_lines(tm):
+    """The discovery verbs answer an `ok` line, then detail lines indented by two spaces."""
+    rc, out = run(tm, "help\n")
+    assert rc == 0 and out[0].startswith("ok help commands=alloc,free,")
+    assert all(line.startswith("  ") for line in out[1:])
+    assert any(line.strip().startswith("alloc CACHE [COUNT] [gfp=FLAGS] [irq=1]")
+               for line in out)
+    rc, out = run(tm, "help spawn\n")
+    assert out[:2] == ["ok help spawn", "  spawn"]
+    os.mkdir(tm.p("web"))
+    ok(tm, "alloc dentry 3 cg=/web")
+    rc, out = run(tm, "caches dentry\n")
+    geo = GEOMETRY["dentry"]
+    assert out[0] == "ok caches originals=1 copies=1"
+    assert out[1].startswith(f"  dentry objsize={geo['objsize']} objperslab={geo['num']} "
+                             f"pagesperslab={geo['pages']} ")
+    assert out[2] == "    dentry(web) cgroup=/web dead=0 active_objs=3 slabs=1"
+    rc, out = run(tm, "caches\n")
+    assert out[0].startswith("ok caches originals=") and len(out) > 3
+    pid = int(re.search(r"pid=(\d+)", ok_first(tm, "spawn cg=/web")).group(1))
+    rc, out = run(tm, "tasks\n")
+    assert out == ["ok tasks count=1 simulated=1",
+                   f"  pid={pid} cgroup=/web simulated=1 rss=0 comm=sim"]
+    rc, out = run(tm, "status\n")
+    assert out[0].startswith("ok status cgroups=2 tasks=1 simulated=1 ")
+    assert out[1] == "  acting cgroup=/"
+
+
+def ok_first(m, line):
+    rc, out = run(m, line + "\n")
+    assert rc == 0, out
+    return out[0]
+
+
+def test_close_matches_copies_and_relative_cgroups(tm):
+    """Typos answer with difflib's close matches; a copy's name says how copies are chosen;
+    cg=web is cg=/web (a path is from the mount's root)."""
+    assert "(did you mean: alloc" in fails(tm, "allok dentry", errno.EINVAL)
+    assert "(did you mean: dentry?)" in fails(tm, "alloc dentri", errno.EINVAL)
+    assert "(did you mean: dentry?)" in fails(tm, "free dentri", errno.EINVAL)
+    os.mkdir(tm.p("web"))
+    assert ok(tm, "alloc dentry 2 cg=web") == \
+        "ok alloc cache=dentry(web) count=2 cgroup=/web gfp=GFP_KERNEL"
+    msg = fails(tm, "alloc dentry(web) 1", errno.EINVAL)
+    assert "copy of dentry" in msg and "charged cgroup chooses the copy" in msg
+    assert "alloc dentry cg=/web" in msg
+    assert "usage: alloc CACHE" in fails(tm, "alloc", errno.EINVAL)
+    assert "no cgroup '/nope'" in fails(tm, "spawn cg=nope", errno.ENOENT)
+
+
+def test_independent_flip_with_kmem_out_warns(tm):
+    """README: flipping independent_kmem_limit with kernel memory charged leaves usage wrong:
+    an event and a warning line in `status` say so."""
+    os.mkdir(tm.p("w"))
+    ok(tm, "alloc dentry 1 cg=/w")
+    sh(f"echo 1 > {tm.p('w', 'memory.kmem.independent_kmem_limit')}", check=True)
+    assert kinds(tm, "independent_toggled") == [
+        {"cgroup": "/w", "to": "1", "kmem_bytes": str(slab_bytes("dentry"))}]
+    rc, out = run(tm, "status\n")
+    assert any(line.startswith("  warning cgroup=/w: independent_kmem_limit was flipped")
+               for line in out)
+
+
+def test_ctl_reads_commands_from_stdin(tm):
+    """`kmemfs ctl MP -`: one command per line, each its own result; status 1 if any failed."""
+    os.mkdir(tm.p("a"))
+    r = subprocess.run([KMEMFS, "ctl", tm.path, "-"], input="alloc dentry 1 cg=/a\n# note\n\n"
+                       "bogus\nalloc dentry 2 cg=/a\n", capture_output=True, text=True,
+                       timeout=WAIT)
+    assert r.returncode == 1
+    assert r.stdout.splitlines() == [
+        "ok alloc cache=dentry(a) count=1 cgroup=/a gfp=GFP_KERNEL",
+        "ok alloc cache=dentry(a) count=2 cgroup=/a gfp=GFP_KERNEL"]
+    assert "unknown command 'bogus'" in r.stderr
+    assert slabs(tm)["dentry(a)"][0] == 3
+
+
+def test_gfp_is_named_in_events(tm):
+    os.mkdir(tm.p("n"))
+    sh(f"echo 4K > {tm.p('n', 'memory.limit_in_bytes')}", check=True)
+    fails(tm, "alloc dentry 100 gfp=GFP_KERNEL|__GFP_NORETRY cg=/n", errno.ENOMEM)
+    assert kinds(tm, "charge_fail")[-1]["gfp"] == "GFP_KERNEL|__GFP_NORETRY"

@@ -1,5 +1,6 @@
 """The hidden control directory `.kmemfs/`: ctl, slabinfo, events, config (issue 4)."""
 import bisect
+import datetime
 import errno
 
 from ..engine import EngineError, render
@@ -53,9 +54,12 @@ def run_lines(fs, h, lines, i, nbytes, req):
     return nbytes
 
 
-def result_line(text: str) -> str:
+def result_line(text) -> str:
     """One line per command: a newline inside (a cgroup name may hold one) is written
-    `\\012`, as in the event log."""
+    `\\012`, as in the event log. The discovery verbs (help, caches, ...) answer a list:
+    their `ok` line, then detail lines indented by two spaces."""
+    if isinstance(text, list):
+        return result_line(text[0]) + "".join("  " + result_line(t) for t in text[1:])
     return text.replace("\n", "\\012") + "\n"
 
 
@@ -110,9 +114,18 @@ class EventsFile:
         self.seq = 0          # last engine event formatted
 
     def sync(self, engine):
+        """Format the new events. Each is stamped here with the wall clock, as a `time` field
+        kept in the engine's own record (so a saved state restores it): the engine stays
+        deterministic, and the file system calls this after every change (after_change)."""
+        now = None
         for seq, kind, fields in engine.events_since(self.seq):
-            line = (f"{seq} {kind}" + "".join(f" {k}={_esc(v)}" for k, v in fields.items())
-                    + "\n")
+            if "time" not in fields:
+                now = now or wall_clock()
+                fields["time"] = now
+            # the time goes last: `<seq> <type> cgroup=...` stays what scripts grep for
+            line = (f"{seq} {kind}"
+                    + "".join(f" {k}={_esc(v)}" for k, v in fields.items() if k != "time")
+                    + f" time={fields['time']}\n")
             line = encode(line)
             self.offsets.append(self.end)
             self.lines.append(line)
@@ -144,6 +157,11 @@ class EventsFile:
 
     def write(self, fs, h, data, req):
         raise EngineError(errno.EINVAL, "read-only file")
+
+
+def wall_clock() -> str:
+    """UTC, ISO 8601 with microseconds: 2026-12-02T16:40:01.123456Z."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _esc(v) -> str:

@@ -7,12 +7,14 @@
     touch COUNT      unlink COUNT      drop_caches      reap      cache_reap      workqueue
     check
     replay begin|alias|ev|end ...               (a trace fed by `kmemfs replay --into`)
+    help [VERB]      caches [NAME]      tasks      status           (answers in several lines)
 
 Any command may end with `task=PID` (act as that task) and/or `cg=PATH` (charge that cgroup),
 and `cpu=N` (run on CPU N of nr_cpus: its SLAB array caches; CPU 0 otherwise).
 Without them the writer is the acting task: its pid, or the nearest ancestor process that is
 in some cgroup's `tasks`, else the root cgroup.
 """
+import difflib
 import errno
 from dataclasses import dataclass, field
 
@@ -30,6 +32,12 @@ ERRNAME = {errno.EINVAL: "EINVAL", errno.ENOENT: "ENOENT", errno.ESRCH: "ESRCH",
 
 def bad(message: str) -> EngineError:
     return EngineError(errno.EINVAL, message)
+
+
+def close_matches(word: str, choices) -> str:
+    """' (did you mean: a, b?)' from difflib, or ''."""
+    near = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    return f" (did you mean: {', '.join(near)}?)" if near else ""
 
 
 @dataclass
@@ -58,10 +66,11 @@ def parse_line(line: str) -> Command:
         else:
             args.append(w)
     if verb not in COMMANDS:
-        raise bad(f"unknown command {verb!r}")
+        raise bad(f"unknown command {verb!r}" + close_matches(verb, COMMANDS)
+                  + "; 'help' lists the commands")
     lo, hi, allowed = COMMANDS[verb][1:]
     if not lo <= len(args) <= hi:
-        raise bad(f"{verb}: wrong number of arguments")
+        raise bad(f"{verb}: wrong number of arguments; usage: {SYNTAX[verb]}")
     extra = set(opts) - allowed - {"task", "cg", "cpu"}
     if extra:
         raise bad(f"{verb} takes no {', '.join(sorted(extra))}=")
@@ -132,9 +141,12 @@ class Executor:
             if task is None and not self.fs.host.exists(pid):
                 raise EngineError(errno.ESRCH, f"no task {pid}")
         if "cg" in cmd.opts:
-            memcg = self.fs.by_path(cmd.opts["cg"])
-            if memcg is None or not cmd.opts["cg"].startswith("/"):
-                raise EngineError(errno.ENOENT, f"no cgroup {cmd.opts['cg']!r}")
+            # A path is always from the mount's root: `cg=web` is `cg=/web`.
+            path = "/" + cmd.opts["cg"].strip("/")
+            memcg = self.fs.by_path(path)
+            if memcg is None:
+                raise EngineError(errno.ENOENT, f"no cgroup {path!r} (cg= takes a path from "
+                                  "the mount's root, e.g. cg=/web/api)")
             return Actor(memcg, task)
         if task is not None:
             return Actor(task.memcg, task)
@@ -213,9 +225,23 @@ class Executor:
                               + (" (the acting task was OOM-killed)" if r.status == "killed" else ""))
         return finish(attempt())
 
+    def original(self, name: str):
+        """An original cache by name; a copy's name or a typo is answered with what to write."""
+        e = self.engine
+        if name in e.originals:
+            return e.originals[name]
+        copy = next((c for c in e.caches if c.name == name), None)
+        if copy is not None and copy.orig is not None:
+            where = f" cg={copy.memcg.path()}" if copy.memcg is not None else ""
+            raise bad(f"no cache named {name!r}: it is a copy of {copy.orig.name}; alloc names "
+                      "the original and the charged cgroup chooses the copy, e.g. "
+                      f"alloc {copy.orig.name}{where}")
+        raise bad(f"no cache named {name!r}" + close_matches(name, e.originals)
+                  + "; 'caches' lists them")
+
     def cmd_alloc(self, cmd, a):
         count = self.count(cmd.args[1]) if len(cmd.args) > 1 else 1
-        return self._alloc(self.engine.cache(cmd.args[0]), count, cmd, a, "alloc")
+        return self._alloc(self.original(cmd.args[0]), count, cmd, a, "alloc")
 
     def cmd_kmalloc(self, cmd, a):
         size = self.size(cmd.args[0])
@@ -234,6 +260,9 @@ class Executor:
         return f"ok {verb} cache={name} count={n} cgroup={a.memcg.path()}"
 
     def cmd_free(self, cmd, a):
+        e = self.engine
+        if cmd.args[0] not in e.originals and all(c.name != cmd.args[0] for c in e.caches):
+            self.original(cmd.args[0])          # raises, with the close matches
         count = self.count(cmd.args[1]) if len(cmd.args) > 1 else 1
         return self._free(cmd.args[0], count, a, "free")
 
@@ -373,6 +402,53 @@ class Executor:
         return "ok check invariants=hold"
 
 
+    # ------------------------------------------------------------------ discovery
+    def cmd_help(self, cmd, a):
+        if cmd.args:
+            verb = cmd.args[0]
+            if verb not in SYNTAX:
+                raise bad(f"no command {verb!r}" + close_matches(verb, SYNTAX))
+            return [f"ok help {verb}", SYNTAX[verb], HELP[verb]]
+        return (["ok help commands=" + ",".join(SYNTAX)]
+                + [f"{SYNTAX[v]:<44} {HELP[v]}" for v in SYNTAX]
+                + [FLAGS_HELP, "any command may end with task=PID and/or cg=PATH "
+                   "(docs/ctl.md)"])
+
+    def cmd_caches(self, cmd, a):
+        """The catalogue (original caches) with geometry and their live copies."""
+        e = self.engine
+        origs = [self.original(cmd.args[0])] if cmd.args else list(e.originals.values())
+        out = [f"ok caches originals={len(origs)} copies="
+               f"{sum(len(o.children) for o in origs)}"]
+        for o in origs:
+            out.append(f"{o.name} objsize={o.objsize} objperslab={o.num} pagesperslab={o.pages}"
+                       f" active_objs={o.active_objs} slabs={o.nr_slabs}")
+            for c in o.children:
+                out.append(f"  {c.name} cgroup={c.memcg.path() if c.memcg else '-'}"
+                           f" dead={int(c.dead)} active_objs={c.active_objs} slabs={c.nr_slabs}")
+        return out
+
+    def cmd_tasks(self, cmd, a):
+        ts = list(self.engine.tasks.values())
+        return [f"ok tasks count={len(ts)} simulated={sum(t.simulated for t in ts)}"] + [
+            f"pid={t.pid} cgroup={t.memcg.path()} simulated={int(t.simulated)}"
+            f" rss={t.rss_total()}" + (f" comm={t.comm}" if t.comm else "") for t in ts]
+
+    def cmd_status(self, cmd, a):
+        e = self.engine
+        copies = [c for c in e.caches if c.orig is not None]
+        out = [f"ok status cgroups={e.nr_memcgs} tasks={len(e.tasks)} "
+               f"simulated={e.nr_simulated} originals={len(e.originals)} "
+               f"copies={sum(not c.dead for c in copies)} dead={sum(c.dead for c in copies)} "
+               f"queued={len(e.create_queue)} under_oom={e.nr_under_oom} events={e.event_seq}",
+               f"acting cgroup={a.memcg.path()}" + (f" task={a.task.pid}" if a.task else "")]
+        for m in e.root.walk():
+            if "independent_toggled" in m.quirks:
+                out.append(f"warning cgroup={m.path()}: independent_kmem_limit was flipped with "
+                           "kernel memory charged; usage_in_bytes no longer adds up")
+        return out
+
+
 # verb -> (method, min args, max args, options besides task/cg)
 COMMANDS = {
     "alloc": (Executor.cmd_alloc, 1, 2, {"gfp", "irq", "acct"}),
@@ -391,7 +467,37 @@ COMMANDS = {
     "workqueue": (Executor.cmd_workqueue, 0, 0, set()),
     "check": (Executor.cmd_check, 0, 0, set()),
     "replay": (Executor.cmd_replay, 1, 20, set()),
+    "help": (Executor.cmd_help, 0, 1, set()),
+    "caches": (Executor.cmd_caches, 0, 1, set()),
+    "tasks": (Executor.cmd_tasks, 0, 0, set()),
+    "status": (Executor.cmd_status, 0, 0, set()),
 }
+
+SYNTAX = {
+    "alloc": "alloc CACHE [COUNT] [gfp=FLAGS] [irq=1]", "free": "free CACHE [COUNT]",
+    "kmalloc": "kmalloc SIZE [COUNT] [gfp=FLAGS] [irq=1]", "kfree": "kfree SIZE [COUNT]",
+    "charge": "charge anon|file BYTES", "uncharge": "uncharge anon|file BYTES",
+    "spawn": "spawn", "exit": "exit PID", "touch": "touch COUNT [gfp=FLAGS]",
+    "unlink": "unlink COUNT", "drop_caches": "drop_caches", "reap": "reap",
+    "workqueue": "workqueue", "check": "check", "help": "help [COMMAND]",
+    "caches": "caches [CACHE]", "tasks": "tasks", "status": "status",
+}
+HELP = {
+    "alloc": "COUNT objects of an original cache; the charged cgroup chooses its copy",
+    "free": "free objects the acting cgroup holds (an original name or a copy name)",
+    "kmalloc": "COUNT objects from the smallest size-N cache that fits SIZE",
+    "kfree": "free objects of the size-N cache that fits SIZE",
+    "charge": "user pages: anon (the task's rss) or file (page cache); BYTES takes K/M/G",
+    "uncharge": "give user pages back", "spawn": "a simulated task: fork's objects",
+    "exit": "a simulated task exits", "touch": "create files: a dentry and an inode each",
+    "unlink": "remove files (the dentry stays negative)",
+    "drop_caches": "free unused dentries and inodes", "reap": "destroy empty slabs",
+    "workqueue": "run the queued cache creations", "check": "run the invariant checker",
+    "help": "this list, or one command's syntax", "caches": "the catalogue and its copies",
+    "tasks": "tasks kmemfs knows", "status": "counts, the acting cgroup, warnings",
+}
+FLAGS_HELP = ("FLAGS: GFP_KERNEL (default), GFP_NOFS, GFP_NOIO, GFP_ATOMIC or GFP_NOWAIT, "
+              "optionally |__GFP_NOACCOUNT |__GFP_NOFAIL |__GFP_NORETRY")
 
 
 def error_line(e: EngineError) -> str:

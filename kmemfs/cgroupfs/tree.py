@@ -371,6 +371,9 @@ class CgroupFS:
     def after_change(self) -> None:
         """Signal thresholds crossed in either direction, and OOM to oom_control listeners
         of the memcg and its subtree (mem_cgroup_oom_notify)."""
+        log = self.special.get("events")
+        if log is not None:
+            log.sync(self.engine)        # stamps the new events with the time they happened
         if not self.events:
             self.seen_event = self.engine.event_seq
             return

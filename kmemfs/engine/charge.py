@@ -4,7 +4,7 @@ OOM killer, and user pages."""
 import errno
 
 from .errors import EngineError
-from .gfp import GFP_KERNEL, GFP_THISNODE, Gfp
+from .gfp import GFP_KERNEL, GFP_THISNODE, Gfp, gfp_name
 from .memcg import Memcg
 from .result import NOMEM, NOVICTIM, OK, OOM_DIE, RETRY, WAIT, WOULDBLOCK, Result
 
@@ -44,7 +44,7 @@ class ChargePath:
                 failed = None
             if failed is not None:
                 self.emit("charge_fail", cgroup=failed.owner.path(), counter="kmem", bytes=delta,
-                          gfp=int(gfp))
+                          gfp=gfp_name(gfp))
                 if not memcg.independent_kmem_limit:
                     # spec 2.9 d: dependent with a left-over kmem limit; res stays charged.
                     memcg.quirks.add("kmem_fail_after_res")
@@ -155,7 +155,7 @@ class ChargePath:
         if batch > n:
             return RETRY          # the batch did not fit: retry the exact size, no reclaim
         self.emit("charge_fail", cgroup=over.path(), counter="memsw" if failed is over.memsw
-                  else "res", bytes=n * self.page, gfp=int(gfp))
+                  else "res", bytes=n * self.page, gfp=gfp_name(gfp))
         if not gfp & Gfp.WAIT:
             return WOULDBLOCK
         if gfp & Gfp.NORETRY:

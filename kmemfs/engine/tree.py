@@ -227,6 +227,9 @@ class TreeOps:
         new = bool(val)
         if new != memcg.independent_kmem_limit and (memcg.kmem.usage or memcg.kmem_bypassed):
             memcg.quirks.add("independent_toggled")
+            # The README's warning, made visible: usage_in_bytes stops adding up.
+            self.emit("independent_toggled", cgroup=memcg.path(), to=int(new),
+                      kmem_bytes=memcg.kmem.usage)
         memcg.independent_kmem_limit = new
 
     def set_use_hierarchy(self, memcg: Memcg, val: int) -> None:

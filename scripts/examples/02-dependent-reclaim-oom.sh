@@ -22,7 +22,7 @@ tail -c +$((ev0 + 1)) "$MP/.kmemfs/events" | grep -E ' (reclaim|oom_kill) ' | gr
 events=$(tail -c +$((ev0 + 1)) "$MP/.kmemfs/events")
 echo "first_victim=$(echo "$events" | grep ' oom_kill ' | head -1 | sed 's/.* pid=\([0-9]*\).*/\1/')"
 echo "big=$big"; echo "small=$small"
-echo "reclaimed_pages=$(echo "$events" | grep ' reclaim ' | sed 's/.*pages=//' | paste -sd+ | bc)"
+echo "reclaimed_pages=$(echo "$events" | grep ' reclaim ' | sed 's/.*pages=\([0-9]*\).*/\1/' | paste -sd+ | bc)"
 echo "oom_kills=$(echo "$events" | grep -c ' oom_kill .*simulated=1' || true)"
 echo "cache=$(grep '^cache ' $CG/memory.stat | cut -d' ' -f2)"
 echo "rss=$(grep '^rss ' $CG/memory.stat | cut -d' ' -f2)"
