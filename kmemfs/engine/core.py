@@ -57,6 +57,10 @@ class Engine(CacheOps, ChargePath, TreeOps, TaskOps):
         # patch 08/10: boot-time slab is copied into root's usage; max_usage is not updated.
         self.root.kmem.usage = self.pre_memcg_kmem_bytes
 
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.root.rebuild_subtree()        # derived sums are not in the state (memcg.py)
+
     # ------------------------------------------------------------------ events
     def emit(self, kind: str, **fields) -> None:
         self.event_seq += 1
