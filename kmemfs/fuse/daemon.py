@@ -23,6 +23,7 @@ BOOL_OPTIONS = {"acct_root": "acct_root", "boot_slabs": "boot_slabs"}
 INT_OPTIONS = {"charge_batch", "nr_cpus", "page_size", "max_memcgs", "vm_swappiness",
                "event_log_size", "max_tasks", "max_objects"}
 FUSE_OPTIONS = {"allow_other"}
+ADAPTER_OPTIONS = {"page_cache"}     # for the FUSE adapter (ops.py), not for libfuse
 
 
 def parse_options(text: str):
@@ -31,7 +32,7 @@ def parse_options(text: str):
     for opt in filter(None, (text or "").split(",")):
         key, _, val = opt.partition("=")
         try:
-            if key in FUSE_OPTIONS and not val:
+            if key in (FUSE_OPTIONS | ADAPTER_OPTIONS) and not val:
                 fuse.add(key)
             elif key == "noswapaccount" and not val:
                 cfg = replace(cfg, swap_account=False)
@@ -164,8 +165,9 @@ def serve(mountpoint: str, fs: CgroupFS, fuse_opts=(), ready=None, state_path=No
           save_interval: float = 0) -> None:
     """Mount and serve until unmounted or SIGTERM/SIGINT; always unmounts (and saves)."""
     from .ops import Operations
-    ops = Operations(fs, mountpoint)
-    opts = set(pyfuse3.default_options) | {"fsname=kmemfs", "subtype=kmemfs"} | set(fuse_opts)
+    ops = Operations(fs, mountpoint, page_cache="page_cache" in fuse_opts)
+    opts = set(pyfuse3.default_options) | {"fsname=kmemfs", "subtype=kmemfs"}
+    opts |= set(fuse_opts) - ADAPTER_OPTIONS
     pyfuse3.init(ops, mountpoint, opts)
     log.info("mounted kmemfs at %s", mountpoint)
     if ready:
