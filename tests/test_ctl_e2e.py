@@ -426,7 +426,7 @@ def test_hidden_control_directory(tm):
     r = sh(f"ls -a {tm.path}")
     assert r.returncode == 0 and ".kmemfs" not in r.stdout.split()
     r = sh(f"ls {tm.path}/.kmemfs")
-    assert r.stdout.split() == ["config", "ctl", "events", "slabinfo"]
+    assert r.stdout.split() == ["config", "ctl", "events", "slabinfo", "snapshot"]
     modes = {n: stat.S_IMODE(os.stat(tm.p(".kmemfs", n)).st_mode)
              for n in ("ctl", "events", "slabinfo", "config")}
     assert modes == {"ctl": 0o600, "events": 0o444, "slabinfo": 0o444, "config": 0o444}

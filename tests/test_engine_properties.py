@@ -298,6 +298,21 @@ class EngineMachine(RuleBasedStateMachine):
             render.oom_control(m)
             assert render.usage(e, m) >= 0
 
+    @invariant()
+    def totals_equal_a_walk(self):
+        """memory.stat's total_* and root's usage_in_bytes, now read from sums kept up to
+        date on each charge, equal 3.3's walks: mem_cgroup_get_total_stat and
+        mem_cgroup_recursive_stat over for_each_mem_cgroup_tree (3.3.8 mm/memcontrol.c)."""
+        e = self.e
+        for m in self.live():
+            want = dict.fromkeys(m.stat(), 0)
+            for it in m.tree():
+                for k, v in it.stat().items():
+                    want[k] += v
+            assert m.total_stat() == want
+        live = self.live()
+        assert render.usage(e, e.root) == sum(m.cache_bytes + m.rss_bytes for m in live)
+
 
 EngineMachine.TestCase.settings = settings(
     max_examples=200, stateful_step_count=40, deadline=None,

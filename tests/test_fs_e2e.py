@@ -224,7 +224,7 @@ def test_hidden_control_dir(mnt):
     assert r.returncode == 0 and ".kmemfs" not in r.stdout.split()
     r = sh(f"ls {mnt.path}/.kmemfs")
     assert r.returncode == 0, r.stderr
-    assert set(r.stdout.split()) == {"ctl", "events", "slabinfo", "config"}
+    assert set(r.stdout.split()) == {"ctl", "events", "slabinfo", "config", "snapshot"}
     assert stat.S_ISDIR(os.stat(mnt.p(".kmemfs")).st_mode)
 
 

@@ -1,7 +1,9 @@
-"""The hidden control directory `.kmemfs/`: ctl, slabinfo, events, config (issue 4)."""
+"""The hidden control directory `.kmemfs/`: ctl, slabinfo, events, config (issue 4), and
+snapshot: the whole tree in one read, for kmemfs's own tools (issue 13)."""
 import bisect
 import datetime
 import errno
+import json
 
 from ..engine import EngineError, render
 from .ctl import Blocked, Executor, error_line, parse_line, MAX_LINE
@@ -189,10 +191,62 @@ def _config(fs) -> str:
     return "".join(f"{k} {int(v) if isinstance(v, bool) else v}\n" for k, v in rows)
 
 
+SNAPSHOT_VERSION = 1
+
+
+def _snapshot(fs) -> str:
+    """JSON lines (docs/ctl.md): a header, one line per cgroup in tree order (pre-order,
+    names sorted, as a walk of the directories gives them), then one line per cache, newest
+    first as in slabinfo. Every value is what the cgroup's own file shows at this moment."""
+    e = fs.engine
+    swap = e.config.swap_account
+    fs.prune_tasks()
+    root_tasks = fs.tasks_read(e.root, threads=True).count("\n")
+    cgroups = []
+    stack = [e.root]
+    while stack:
+        m = stack.pop()
+        cgroups.append(m)
+        stack.extend(m.children[n] for n in sorted(m.children, reverse=True))
+    lines = [{"type": "header", "version": SNAPSHOT_VERSION, "page_size": e.page,
+              "swap_account": swap, "event_seq": e.event_seq, "cgroups": len(cgroups),
+              "caches": len(e.caches)}]
+    for m in cgroups:
+        stat = m.stat()
+        lines.append({
+            "type": "cgroup", "path": m.path(),
+            "usage": render.usage(e, m), "limit": m.res.limit, "max_usage": m.res.max_usage,
+            "failcnt": m.res.failcnt, "soft_limit": m.res.soft_limit,
+            "memsw_usage": render.usage(e, m, memsw=True) if swap else None,
+            "memsw_limit": m.memsw.limit if swap else None,
+            "memsw_max_usage": m.memsw.max_usage if swap else None,
+            "memsw_failcnt": m.memsw.failcnt if swap else None,
+            "kmem_usage": m.kmem.usage, "kmem_limit": m.kmem.limit,
+            "independent": int(m.independent_kmem_limit),
+            "tcp_usage": m.tcp.usage, "tcp_limit": m.tcp.limit,
+            "cache": stat["cache"], "rss": stat["rss"],
+            "kernel_bypassed_memory": stat["kernel_bypassed_memory"],
+            "use_hierarchy": int(m.use_hierarchy), "oom_kill_disable": int(m.oom_kill_disable),
+            "under_oom": int(m.under_oom > 0), "swappiness": e.swappiness(m),
+            "move_charge_at_immigrate": m.move_charge_at_immigrate,
+            "notify_on_release": int(m.notify_on_release),
+            "tasks": root_tasks if m.is_root else len(m.tasks),
+        })
+    for c in e.caches_newest_first():
+        lines.append({"type": "cache", "name": c.name,
+                      "cgroup": None if c.memcg is None else c.memcg.path(),
+                      "dead": bool(c.dead), "active_objs": c.active_objs,
+                      "num_objs": c.nr_slabs * c.num, "objsize": c.objsize,
+                      "objperslab": c.num, "pagesperslab": c.pages,
+                      "active_slabs": c.active_slabs, "num_slabs": c.nr_slabs})
+    return "".join(json.dumps(x, separators=(",", ":")) + "\n" for x in lines)
+
+
 def control_files() -> dict:
     return {
         "ctl": CtlFile(),
         "slabinfo": SnapshotFile(lambda fs: render.slabinfo(fs.engine)),
         "events": EventsFile(),
         "config": SnapshotFile(_config),
+        "snapshot": SnapshotFile(_snapshot),
     }

@@ -72,11 +72,26 @@ def check(engine) -> list:
         want += sum(m.kmem_bypassed for m in live)
         if engine.root.kmem.usage != want:
             bad.append(f"/: root kmem {engine.root.kmem.usage} != unattributed slab {want}")
+    bad += _check_subtree(live)
     for pid, t in engine.tasks.items():
         if t.memcg.removed or t.memcg.tasks.get(pid) is not t:
             bad.append(f"task {pid}: not in its memcg")
     if engine.stock[0] is not None and engine.stock[0].removed:
         bad.append("stock held for a removed memcg")
+    return bad
+
+
+def _check_subtree(live) -> list:
+    """The subtree sums every memory.stat total_* and root's usage read (memcg.py) equal a
+    full walk (3.3 mem_cgroup_get_total_stat), summed bottom-up in one pass."""
+    bad = []
+    walked = {m: list(m.local) for m in live}
+    for m in reversed(live):              # pre-order reversed: children before parents
+        if m.parent is not None:
+            walked[m.parent] = [a + b for a, b in zip(walked[m.parent], walked[m])]
+    for m in live:
+        if m.subtree != walked[m]:
+            bad.append(f"{m.path()}: subtree sums {m.subtree} != walk {walked[m]}")
     return bad
 
 

@@ -32,20 +32,18 @@ def memory_stat(engine, memcg) -> str:
     out.append(f"hierarchical_memory_limit {limit}\n")
     if swap:
         out.append(f"hierarchical_memsw_limit {memsw}\n")
-    total = dict.fromkeys(keys, 0)
-    for m in memcg.tree():
-        s = m.stat()
-        for k in keys:
-            total[k] += s[k]
+    total = memcg.total_stat()          # kept up to date on each charge: O(1), no walk
     out += [f"total_{k} {total[k]}\n" for k in keys]
     return "".join(out)
 
 
 def usage(engine, memcg, memsw: bool = False) -> int:
-    """mem_cgroup_usage: root's value is recursive cache+rss (+swap), never the counter."""
+    """mem_cgroup_usage: root's value is recursive cache+rss (+swap, always 0 here), never
+    the counter; mem_cgroup_recursive_stat's sum, kept up to date instead of walked."""
     if not memcg.is_root:
         return (memcg.memsw if memsw else memcg.res).usage
-    return sum(m.cache_bytes + m.rss_bytes for m in memcg.tree())
+    total = memcg.total_stat()
+    return total["cache"] + total["rss"]
 
 
 def numa_stat(memcg, page: int) -> str:

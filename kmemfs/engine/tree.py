@@ -50,7 +50,7 @@ class TreeOps:
         if memcg.memsw.parent is not None:       # its never-uncharged kmem stays up there
             memcg.parent.kmem_in_memsw += memcg.kmem_in_memsw
         del memcg.parent.children[memcg.name]
-        memcg.removed = True
+        memcg.detach()
         self.nr_memcgs -= 1
         for key in [k for k in self.create_queue if k[0] is memcg]:
             del self.create_queue[key]

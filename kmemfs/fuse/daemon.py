@@ -28,6 +28,7 @@ BOOL_OPTIONS = {"acct_root": "acct_root", "boot_slabs": "boot_slabs",
 INT_OPTIONS = {"charge_batch", "nr_cpus", "page_size", "max_memcgs", "vm_swappiness",
                "event_log_size", "max_tasks", "max_objects"}
 FUSE_OPTIONS = {"allow_other", "nonempty"}   # nonempty is kmemfs's own: see check_mountpoint
+ADAPTER_OPTIONS = {"page_cache"}     # for the FUSE adapter (ops.py), not for libfuse
 
 
 def parse_options(text: str):
@@ -36,7 +37,7 @@ def parse_options(text: str):
     for opt in filter(None, (text or "").split(",")):
         key, _, val = opt.partition("=")
         try:
-            if key in FUSE_OPTIONS and not val:
+            if key in (FUSE_OPTIONS | ADAPTER_OPTIONS) and not val:
                 fuse.add(key)
             elif key == "noswapaccount" and not val:
                 cfg = replace(cfg, swap_account=False)
@@ -265,9 +266,9 @@ def serve(mountpoint: str, fs: CgroupFS, fuse_opts=(), ready=None, state_file=No
     """Mount and serve until unmounted or SIGTERM/SIGINT; always unmounts (and saves).
     Returns False when the model could not be saved at the end (the daemon then exits 1)."""
     from .ops import Operations
-    ops = Operations(fs, mountpoint)
-    opts = set(pyfuse3.default_options) | {"fsname=kmemfs", "subtype=kmemfs"} \
-        | (set(fuse_opts) - {"nonempty"})
+    ops = Operations(fs, mountpoint, page_cache="page_cache" in fuse_opts)
+    opts = set(pyfuse3.default_options) | {"fsname=kmemfs", "subtype=kmemfs"}
+    opts |= set(fuse_opts) - ADAPTER_OPTIONS - {"nonempty"}
     pyfuse3.init(ops, mountpoint, opts)
     log.info("mounted kmemfs at %s", mountpoint)
     if ready:

@@ -2,25 +2,33 @@
 
 Every handler maps EngineError to its errno and any other exception to EIO plus a log line,
 so one bad request never takes the mount down. Files are opened with direct_io and report
-st_size 0, like the kernel's cgroupfs, so nothing is served from the page cache.
+st_size 0, like the kernel's cgroupfs, so nothing is served from the page cache; with
+`-o page_cache` a read-only open of a cgroup file may be (docs/semantics.md).
+
+Entries and attributes are cached by the kernel for a long time: it sees every change to the
+tree itself (mkdir, rmdir, rename, chmod/chown). What changes without such a request has a
+zero attribute timeout (the event log's growing st_size) or is invalidated.
 """
+import collections
 import ctypes
 import errno
 import logging
 import os
+import stat
 import threading
 
 import pyfuse3
 import trio
 
-from ..cgroupfs.tree import CgroupFS, Request
+from ..cgroupfs.tree import CTL_DIR_INO, Attr, CgroupFS, Request, encode
 from ..engine import EngineError
 
 log = logging.getLogger("kmemfs")
-TIMEOUT = 1.0          # entry/attr cache lifetime (seconds): short, names change often
+TIMEOUT = 86400.0      # entry/attr cache lifetime (seconds): see the module docstring
 SYS_pidfd_getfd = 438
 PIDFD_THREAD = os.O_EXCL
 SIGNAL_POLL = 0.2     # seconds between looks at a waiting writer's pending signals
+HOST_FILES = ("tasks", "cgroup.procs")
 
 
 def _fuse_errors(fn):
@@ -56,10 +64,16 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, fs: CgroupFS, mountpoint: str):
+    def __init__(self, fs: CgroupFS, mountpoint: str, page_cache: bool = False):
         super().__init__()
         self.fs = fs
         self.mountpoint = os.path.abspath(mountpoint)
+        # Control-plane files whose st_size moves on its own (the event log): never cached.
+        self.volatile = {fs.special_ino[n] for n, sp in fs.special.items() if hasattr(sp, "size")}
+        self.page_cache = page_cache
+        self.cached = {}                         # ino -> the text the kernel's page cache holds
+        self.open_cached = collections.Counter()   # ino -> open handles reading through it
+        self.gone = set()                        # open_cached inodes of removed cgroups
         self.wake = trio.Event()
         self.wake_seq = fs.engine.oom_wake_seq
         # Testing aid: handler names that raise, to prove one failure stays one EIO.
@@ -82,12 +96,75 @@ class Operations(pyfuse3.Operations):
         e.st_nlink = a.nlink
         e.st_uid, e.st_gid = a.uid, a.gid
         e.st_size = a.size
+        if self.page_cache and self._cacheable(a.ino):
+            e.st_size = len(self._cached(a.ino))
         e.st_blksize = 4096
         e.st_blocks = 0
         e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = a.time_ns
-        e.entry_timeout = e.attr_timeout = TIMEOUT
+        e.entry_timeout = TIMEOUT
+        e.attr_timeout = 0 if a.ino in self.volatile else TIMEOUT
         e.generation = 0
         return e
+
+    # ------------------------------------------------------------------ -o page_cache
+    def _cacheable(self, ino: int) -> bool:
+        """A readable cgroup file whose text depends on the model only (tasks and
+        cgroup.procs list host processes, which come and go without a request)."""
+        if ino & 63 == 0 or ino <= CTL_DIR_INO or ino in self.fs.special_name:
+            return False
+        try:
+            _, cft = self.fs.resolve(ino)
+        except EngineError:
+            return False
+        return cft is not None and cft.read is not None and cft.name not in HOST_FILES
+
+    def _render(self, ino: int) -> bytes:
+        memcg, cft = self.fs.resolve(ino)
+        return encode(cft.read(self.fs, memcg))
+
+    def _cached(self, ino: int) -> bytes:
+        """What the kernel gets for `ino`: the text it was last told about (its st_size
+        is this length), rendered now if it was told nothing yet."""
+        if ino not in self.cached:
+            self.cached[ino] = self._render(ino)
+        return self.cached[ino]
+
+    async def _invalidate(self, inos, attr_only: bool) -> None:
+        """Drop the kernel's attributes (and page cache) of `inos`. In a thread: dropping
+        pages waits for page locks that a READ in flight to this very daemon may hold."""
+        def run():
+            for ino in inos:
+                try:
+                    pyfuse3.invalidate_inode(ino, attr_only)
+                except OSError:          # ENOENT: the kernel has already forgotten it
+                    pass
+        if inos:
+            await trio.to_thread.run_sync(run)
+
+    async def _refresh_open(self) -> None:
+        """After a request that may have changed the model: inodes that have open
+        page-cached handles get their new text, and lose the kernel's copy of the old one,
+        before the request is answered (a long-held fd re-reading at 0 sees the change)."""
+        stale = []
+        for ino in self.open_cached:
+            if ino in self.gone:
+                continue
+            try:
+                new = self._render(ino)
+            except EngineError:          # its cgroup was removed: reads must reach us (ENODEV)
+                self.gone.add(ino)
+                stale.append(ino)
+                continue
+            if new != self.cached.get(ino):
+                self.cached[ino] = new
+                stale.append(ino)
+        await self._invalidate(stale, attr_only=False)
+
+    async def forget(self, inode_list):
+        # The kernel dropped these inodes, and their page cache with them.
+        for ino, _ in inode_list:
+            if ino not in self.open_cached:
+                self.cached.pop(ino, None)
 
     def resolve_fd(self, pid: int, fd: int) -> int:
         """The inode of a client's open fd, found by its path (never by stat: that would call
@@ -116,6 +193,12 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def getattr(self, inode, ctx=None):
+        if inode in self.gone:
+            # A removed cgroup's file, still open and page-cached: its attributes as they
+            # were (st_size > 0), so that a read reaches us and fails with ENODEV.
+            h = next(h for h in self.fs.handles.values() if h.ino == inode)
+            return self.entry(Attr(inode, stat.S_IFREG | h.cft.file_mode,
+                                   size=len(self.cached[inode]), time_ns=self.fs.mtime))
         return self.entry(self.fs.getattr(inode))
 
     @_fuse_errors
@@ -155,6 +238,7 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def rmdir(self, parent_inode, name, ctx):
         regs = self.fs.rmdir(parent_inode, _name(name))
+        await self._refresh_open()         # the parent took the pages: its files changed
         if regs:
             trio.lowlevel.spawn_system_task(self._notify_removed, parent_inode, name, regs)
 
@@ -194,20 +278,48 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         req = _req(ctx)
         fh = self.fs.open(inode, req)
+        h = self.fs.handle(fh)
         # FUSE write requests carry no caller: the opener stands for the writer.
-        self.fs.handle(fh).state["req"] = req
-        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        h.state["req"] = req
+        if not (self.page_cache and flags & os.O_ACCMODE == os.O_RDONLY
+                and self._cacheable(inode)):
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        # -o page_cache: the text as of this open; the kernel keeps its pages if unchanged.
+        try:
+            new = self._render(inode)
+        except BaseException:
+            self.fs.release(fh)
+            raise
+        old = self.cached.get(inode)
+        self.cached[inode] = new
+        h.state["cached"] = True
+        self.open_cached[inode] += 1
+        if old is None or len(old) != len(new):
+            await self._invalidate([inode], attr_only=True)   # st_size is the new length
+        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=old == new)
 
     @_fuse_errors
     async def read(self, fh, off, size):
-        return self.fs.read(fh, off, size)
+        h = self.fs.handle(fh)
+        if not h.state.get("cached"):
+            data = self.fs.read(fh, off, size)
+            if h.memcg is not None and self.open_cached:
+                await self._refresh_open()     # reading tasks prunes exited host processes
+            return data
+        if h.memcg.removed:
+            raise EngineError(errno.ENODEV, "the cgroup was removed")
+        return self._cached(h.ino)[off:off + size]
 
     @_fuse_errors
     async def write(self, fh, off, buf):
         req = self.fs.handle(fh).state.get("req") or Request()
-        result = self.fs.write(fh, off, buf, req)
-        if not isinstance(result, int):
-            result = await self._wait(result, req.pid)
+        try:
+            result = self.fs.write(fh, off, buf, req)
+            if not isinstance(result, int):
+                result = await self._wait(result, req.pid)
+        finally:
+            if self.open_cached:
+                await self._refresh_open()
         return result
 
     async def _wait(self, pending, pid: int) -> int:
@@ -233,6 +345,14 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def release(self, fh):
+        h = self.fs.handles.get(fh)
+        if h is not None and h.state.get("cached"):
+            self.open_cached[h.ino] -= 1
+            if not self.open_cached[h.ino]:
+                del self.open_cached[h.ino]
+                if h.ino in self.gone:
+                    self.gone.discard(h.ino)
+                    self.cached.pop(h.ino, None)
         self.fs.release(fh)
 
     # No flush(): pyfuse3's default answers ENOSYS, after which the kernel stops sending FLUSH

@@ -22,6 +22,7 @@ import json
 from collections import deque
 
 from ..engine import Config, Engine, Memcg, Task, check
+from ..engine.memcg import COUNTED
 from ..engine.res_counter import ResCounter
 from ..engine.slab import ArrayCache, KmemCache, Owner, Slab
 from .safepath import SafeDir, UnsafePath
@@ -292,9 +293,9 @@ SCHEMA = {
         "res": Ref(ResCounter), "memsw": Ref(ResCounter), "kmem": Ref(ResCounter),
         "tcp": Ref(ResCounter), "use_hierarchy": BOOL, "swappiness": INT,
         "oom_kill_disable": BOOL, "under_oom": INT, "move_charge_at_immigrate": INT,
-        "independent_kmem_limit": BOOL, "kmem_bypassed": INT,
+        "independent_kmem_limit": BOOL,
         "slabs": Dict(INT, Ref(KmemCache)), "tasks": Dict(INT, Ref(Task)),
-        "cache_bytes": INT, "rss_bytes": INT, "pgpgin": INT, "pgpgout": INT, "pgfault": INT,
+        "local": Row(*[INT] * len(COUNTED), kind=list),   # subtree: derived, rebuilt on load
         "pool": Ref(Owner), "dcache": Ref(Owner), "files": Dict(STR, INT),
         "oom_wake_seq": INT, "removed": BOOL, "kmem_leaked": INT, "quirks": StrSet(),
         "notify_on_release": BOOL, "id": INT, "kmem_in_res": INT, "kmem_in_memsw": INT,
@@ -341,10 +342,14 @@ def instance_fields(obj) -> set:
     return {n for n in names if n not in ("__dict__", "__weakref__") and hasattr(obj, n)}
 
 
+# Derived from saved fields, rebuilt on load: never saved.
+DERIVED = {Memcg: {"subtree"}}
+
+
 def unsaved_fields(obj) -> list:
     """Attributes of `obj` the schema would not save (or would save but obj lacks)."""
     want = SCHEMA[type(obj)].keys()
-    have = instance_fields(obj)
+    have = instance_fields(obj) - DERIVED.get(type(obj), set())
     return sorted(f"{type(obj).__name__}.{n}" for n in have ^ want)
 
 
@@ -427,6 +432,8 @@ def decode(doc) -> dict:
             except _Bad as e:
                 raise e.at(f"{NAMES[cls]} #{i}") from None
     engine = objs[Engine][0]
+    for m in objs[Memcg]:                    # the subtree sums (memcg.py) are derived
+        m.subtree = list(m.local)
     engine.events = deque(engine.events, maxlen=engine.config.event_log_size)
     try:
         fs = _fields_of(FS_FIELDS, doc["fs"], objs)
@@ -434,6 +441,7 @@ def decode(doc) -> dict:
         raise e.at("fs") from None
     _check_config(engine.config)
     _check_graph(engine, objs)
+    engine.root.rebuild_subtree()
     _check_fs(fs)
     bad = check(engine)
     if bad:

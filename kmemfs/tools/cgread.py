@@ -4,8 +4,13 @@ Nothing here imports the engine: the same code reads a kmemfs mount or a kernel'
 /sys/fs/cgroup/memory (the kmem files and `.kmemfs/` are then simply absent). Cgroups may
 vanish between the walk and the reads (rmdir): a read failing with ENOENT/ENODEV/ESTALE
 means "gone", never an error.
+
+On a kmemfs mount, read_tree() reads `.kmemfs/snapshot` instead: the whole tree in one
+read (docs/ctl.md), with the same values a walk of the files gives, ~7 files x N cgroups
+fewer round trips.
 """
 import errno
+import json
 import os
 
 GONE = (errno.ENOENT, errno.ENODEV, errno.ESTALE)
@@ -89,6 +94,12 @@ def walk(mountpoint):
     return out
 
 
+# What read_cgroup() returns for each cgroup, in this order.
+COUNTERS = ("usage", "limit", "max_usage", "failcnt", "kmem_usage", "kmem_limit", "independent",
+            "memsw_usage", "memsw_limit", "memsw_failcnt", "cache", "rss", "under_oom",
+            "oom_kill_disable", "tasks")
+
+
 def read_cgroup(mountpoint, rel):
     """One cgroup's counters as a dict, or None when it disappeared. Values a hierarchy does
     not have (kmem on a plain kernel, memsw with swapaccount=0) are None."""
@@ -119,8 +130,32 @@ def read_cgroup(mountpoint, rel):
         return None
 
 
-def read_tree(mountpoint):
-    """{path: counters} for every cgroup still there, in tree order."""
+SNAPSHOT_VERSION = 1
+
+
+def read_snapshot(mountpoint):
+    """`.kmemfs/snapshot` -> {"header": {...}, "cgroups": {path: {...}}, "caches": [{...}]},
+    or None when the mount has none (a kernel's cgroupfs, an older kmemfs) or it cannot be
+    read or parsed."""
+    try:
+        with open(os.path.join(mountpoint, ".kmemfs", "snapshot"), "rb") as f:
+            data = f.read()
+        rows = [json.loads(line) for line in data.splitlines()]
+    except (OSError, ValueError):
+        return None
+    if not rows or rows[0].get("type") != "header" or rows[0].get("version") != SNAPSHOT_VERSION:
+        return None
+    return {"header": rows[0],
+            "cgroups": {r["path"]: r for r in rows if r.get("type") == "cgroup"},
+            "caches": [r for r in rows if r.get("type") == "cache"]}
+
+
+def read_tree(mountpoint, snapshot=True):
+    """{path: counters} for every cgroup still there, in tree order: read_cgroup's keys,
+    from `.kmemfs/snapshot` when the mount has one (snapshot=False: file by file)."""
+    snap = read_snapshot(mountpoint) if snapshot else None
+    if snap is not None:
+        return {path: {k: c.get(k) for k in COUNTERS} for path, c in snap["cgroups"].items()}
     out = {}
     for rel in walk(mountpoint):
         c = read_cgroup(mountpoint, rel)
