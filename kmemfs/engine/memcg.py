@@ -31,7 +31,7 @@ def _counted(i: int, name: str) -> property:
 class Memcg:
     __slots__ = ("name", "parent", "children", "res", "memsw", "kmem", "tcp",
                  "use_hierarchy", "swappiness", "oom_kill_disable", "under_oom",
-                 "move_charge_at_immigrate", "independent_kmem_limit", "kmem_bypassed",
+                 "move_charge_at_immigrate", "independent_kmem_limit",
                  "slabs", "tasks", "local", "subtree", "pool", "dcache", "files", "oom_wake_seq",
                  "removed", "kmem_leaked", "quirks",
                  "notify_on_release", "id", "kmem_in_res", "kmem_in_memsw", "threshold_checks")
