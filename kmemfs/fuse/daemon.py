@@ -171,7 +171,7 @@ def serve(mountpoint: str, fs: CgroupFS, fuse_opts=(), ready=None, state_path=No
     if ready:
         ready()
     try:
-        trio.run(_main, fs, state_path, save_interval)
+        trio.run(_main, fs, state_path, save_interval, ops)
     finally:
         if state_path:
             _save(fs, state_path)
@@ -183,9 +183,9 @@ def serve(mountpoint: str, fs: CgroupFS, fuse_opts=(), ready=None, state_path=No
         log.info("unmounted %s", mountpoint)
 
 
-async def _main(fs, state_path, save_interval):
+async def _main(fs, state_path, save_interval, ops):
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_on_signal, nursery)
+        nursery.start_soon(_on_signal, ops)
         if state_path and save_interval > 0:
             nursery.start_soon(_save_every, fs, state_path, save_interval)
         await pyfuse3.main()
@@ -208,9 +208,12 @@ def _save(fs, path) -> None:
         log.exception("saving the state to %s failed", path)
 
 
-async def _on_signal(nursery):
+async def _on_signal(ops):
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for sig in signals:
             log.info("signal %s: unmounting", signal.Signals(sig).name)
+            # pyfuse3.main() returns only once every request has been answered: writes
+            # sleeping on an OOM end with EINTR first (issue 9 item 6).
+            ops.interrupt_sleepers()
             pyfuse3.terminate()
             return
