@@ -9,7 +9,7 @@ from .tree import encode
 
 MAX_WRITE = 1 << 20          # the kernel's FUSE write size: fc->max_write, 256 pages
 PAGE = 4096
-MAX_UNREAD = 1 << 20         # results kept for a reader that does not read (oldest dropped)
+MAX_UNREAD = 16 << 20        # results kept for a reader that does not read (oldest dropped)
 
 
 class CtlFile:
@@ -86,6 +86,7 @@ def emit(h, text: str) -> None:
     out += encode(text)
     extra = len(out) - MAX_UNREAD
     if extra > 0:
+        extra = out.find(b"\n", extra - 1) + 1 or len(out)      # whole lines
         del out[:extra]
         st["base"] += extra
         st["cursor"] = max(st["cursor"], st["base"])
