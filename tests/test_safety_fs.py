@@ -19,6 +19,9 @@ from mounting import Mount, sh
 from test_permissions import as_nobody, public_mount  # noqa: F401  (fixture)
 
 NOBODY = 65534
+MAX_WRITE = 1 << 20            # the kernel's FUSE write size (fc->max_write, 256 pages)
+HANDLE_CAP = 4096              # HANDLE_CAP (literal: the test also runs on old code)
+EVENT_CAP = 1024               # EVENT_CAP
 PY = "/usr/bin/python3"        # the suite's venv lives under /root, which nobody cannot enter
 
 
@@ -87,6 +90,7 @@ def test_saturated_eventfd_does_not_freeze_the_daemon(public_mount):  # noqa: F8
         try:
             out, _ = writer.communicate(timeout=30)
         except subprocess.TimeoutExpired:
+            m.proc.kill()              # a daemon stuck in eventfd_write: abort its connection
             pytest.fail("the threshold signal blocked the daemon: the mount stopped answering")
         assert writer.returncode == 0 and out == "65536\n"
         assert os.listdir(m.path) is not None                     # still answering
@@ -172,10 +176,10 @@ def aligned(data: bytes) -> mmap.mmap:
 def straddling(tail_cmds):
     """Commands for /a up to 1 MiB, one straddling the boundary, then `tail_cmds`."""
     line = b"alloc dentry 1 cg=/a\n"
-    head = line * ((control.MAX_WRITE - 100) // len(line))
-    pad = b"#" * (control.MAX_WRITE - 10 - len(head) - 1) + b"\n"
+    head = line * ((MAX_WRITE - 100) // len(line))
+    pad = b"#" * (MAX_WRITE - 10 - len(head) - 1) + b"\n"
     data = head + pad + b"alloc dentry 3 cg=/a\n" + b"".join(tail_cmds)
-    assert data[:control.MAX_WRITE].endswith(b"alloc dent")
+    assert data[:MAX_WRITE].endswith(b"alloc dent")
     return data, head.count(b"\n") + 1
 
 
@@ -214,7 +218,7 @@ def test_a_retried_split_write_does_not_run_commands_twice(mnt):
     fd = os.open(mnt.p(".kmemfs/ctl"), os.O_RDWR)
     try:
         done = os.write(fd, aligned(data))
-        assert done == control.MAX_WRITE                     # short: the kernel's answer
+        assert done == MAX_WRITE                     # short: the kernel's answer
         with pytest.raises(OSError) as e:
             os.write(fd, data[done:])                        # what stdio's retry sends
         assert e.value.errno == errno.EINVAL
@@ -314,7 +318,7 @@ def test_nobody_cannot_pin_unbounded_event_registrations(public_mount):  # noqa:
     MAX_EVENTS_PER_UID (ENOSPC after that); root still registers."""
     m = public_mount(options=["allow_other"])
     os.mkdir(m.p("a"))
-    cap = tree.MAX_EVENTS_PER_UID
+    cap = EVENT_CAP
     p = nobody_python(
         "import os\n"
         "efd = os.eventfd(0)\n"
@@ -346,9 +350,11 @@ def test_open_handles_share_one_snapshot_and_are_capped_per_user():
     by nobody took the daemon from 38 MB to 588 MB. Handles that read at the same model
     version share one rendering, and a non-root user holds at most MAX_HANDLES_PER_UID
     open files (ENFILE after that); root is not capped."""
+    assert getattr(tree, "MAX_HANDLES_PER_UID", HANDLE_CAP) == HANDLE_CAP
+    assert getattr(tree, "MAX_EVENTS_PER_UID", EVENT_CAP) == EVENT_CAP
     fs = build(Config())
     ino = fs.lookup(2, "slabinfo").ino
-    fhs = [fs.open(ino, NOBODY_REQ) for _ in range(tree.MAX_HANDLES_PER_UID)]
+    fhs = [fs.open(ino, NOBODY_REQ) for _ in range(HANDLE_CAP)]
     for fh in fhs:
         assert fs.read(fh, 0, 1) == b"s"                # "slabinfo - version: 2.1"
     assert len({id(fs.handle(fh).snapshot) for fh in fhs}) == 1
@@ -374,13 +380,13 @@ def test_nobody_gets_enfile_past_the_handle_cap(public_mount):  # noqa: F811
         "import os\n"
         "fds = []\n"
         "try:\n"
-        f"    for i in range({tree.MAX_HANDLES_PER_UID} + 1):\n"
+        f"    for i in range({HANDLE_CAP} + 1):\n"
         f"        fds.append(os.open({m.p('.kmemfs/slabinfo')!r}, os.O_RDONLY))\n"
         "        os.read(fds[-1], 1)\n"
         "except OSError as e:\n"
         "    print(len(fds), e.errno)\n")
     out, err = p.communicate(timeout=300)
-    assert out.split() == [str(tree.MAX_HANDLES_PER_UID), str(errno.ENFILE)], err
+    assert out.split() == [str(HANDLE_CAP), str(errno.ENFILE)], err
     assert open(m.p(".kmemfs/slabinfo")).read(8) == "slabinfo"      # root is not affected
 
 
@@ -409,7 +415,7 @@ def test_ctl_results_memory_stays_bounded_over_many_commands(monkeypatch):
         assert line.startswith(b"ok reap slabs=") and line.count(b"\n") == 1
         off += len(line)
         assert len(h.state["out"]) <= len(line)
-    monkeypatch.setattr(control, "MAX_UNREAD", 4096)
+    monkeypatch.setattr(control, "MAX_UNREAD", 4096, raising=False)
     for _ in range(20000):
         fs.write(fh, off, b"reap\n", Request())
     assert len(h.state["out"]) <= 4096
