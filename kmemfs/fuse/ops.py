@@ -125,7 +125,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self.entry(self.fs.lookup(parent_inode, name, kernel=True))
 
-    def forget(self, inode_list):
+    async def forget(self, inode_list):
         for ino, n in inode_list:
             self.fs.forget(ino, n)
 
