@@ -45,7 +45,7 @@ ALLOWED = {
     "use_hierarchy": GONE | STALE | {E.EINVAL, E.EBUSY},
     "alloc": {E.ENOENT, E.ENOMEM, E.EINVAL, E.ESRCH, E.ENODEV},
     "free": {E.ENOENT, E.EINVAL},
-    "spawn": {E.ENOENT, E.ENOMEM, E.ENOSPC},
+    "spawn": {E.ENOENT, E.ENOMEM, E.ENOSPC, E.ENODEV},   # slept, then its cgroup went
     "move": GONE | STALE | {E.ESRCH, E.ENOMEM},
     "exit": {E.ESRCH},
     "child": GONE | STALE | {E.ESRCH, E.ENOMEM},

@@ -10,46 +10,111 @@ from .ctl import Blocked, Executor, error_line, parse_line, MAX_LINE
 from .tree import encode
 
 
+MAX_WRITE = 1 << 20          # the kernel's FUSE write size: fc->max_write, 256 pages
+PAGE = 4096
+MAX_UNREAD = 16 << 20        # results kept for a reader that does not read (oldest dropped)
+
+
 class CtlFile:
-    """Commands in, one result line per command out (read back on the same open file)."""
+    """Commands in, one result line per command out (read back on the same open file).
+
+    Writes: only complete lines run. The kernel cuts a write(2) over MAX_WRITE into several
+    requests at consecutive offsets (the first may be up to a page shorter when the buffer is
+    not page-aligned); a request that long whose last line has no newline keeps that line
+    for the next request at the following offset, which completes it. If a command fails in
+    such a continuation, the kernel turns the write(2) into a short write and a client that
+    retries (stdio) sends the same bytes again at the same offset: those are answered with
+    the same error without running anything twice.
+
+    Reads: a stream by offset. A read continues where the last one ended, whatever the file
+    offset (writes on the same file move it too); a read at an offset inside the last read's
+    range re-reads from there (bash `read` seeks back over what it did not use). Results
+    before the last read are dropped, so memory stays bounded over any number of commands."""
     mode = 0o600
 
     def open(self, fs, h, req):
-        h.state.update(results=[], unread=b"", executor=Executor(fs))
+        h.state.update(out=bytearray(), base=0, cursor=0, last=None, tail=b"", next_off=None,
+                       guard=None, executor=Executor(fs))
 
     def read(self, fs, h, off, size):
-        # A stream: each read returns what this open file has not read yet. What was read is
-        # dropped, so a long session (kmemfs replay --into) costs O(new results) a read.
-        results = h.state["results"]
-        unread = h.state["unread"]
-        if results:
-            unread += encode("".join(results))
-            results.clear()
-        h.state["unread"] = unread[size:]
-        return unread[:size]
+        st = h.state
+        last = st["last"]
+        if last is not None and last[0] <= off <= last[1]:
+            st["cursor"] = last[2] + (off - last[0])
+        cursor = max(st["cursor"], st["base"])
+        out = st["out"]
+        del out[:cursor - st["base"]]
+        st["base"] = cursor
+        chunk = bytes(out[:size])
+        st["last"] = (off, off + len(chunk), cursor)
+        st["cursor"] = cursor + len(chunk)
+        return chunk
 
-    def write(self, fs, h, data, req):
-        try:
-            text = data.decode("utf-8", "surrogateescape")
-        except UnicodeDecodeError:
-            raise EngineError(errno.EINVAL, "commands are UTF-8 text") from None
-        lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-        if any(len(encode(ln)) > MAX_LINE for ln in lines):     # bytes, as docs/ctl.md says
+    def write(self, fs, h, off, data, req):
+        st = h.state
+        guard, st["guard"] = st["guard"], None
+        if guard is not None and off == guard[0] and data.startswith(guard[1]):
+            raise EngineError(guard[2].errno, guard[2].message)      # a retry: not run again
+        follows = off == st["next_off"]           # the rest of a split write(2)
+        st["next_off"] = off + len(data) if len(data) > MAX_WRITE - PAGE else None
+        tail, st["tail"] = (st["tail"] if follows else b""), b""
+        continued = st["next_off"] is not None and not data.endswith(b"\n")
+        text = (tail + data).decode("utf-8", "surrogateescape")
+        lines = text.split("\n")
+        if lines[-1] == "":
+            lines.pop()
+        if continued:
+            st["tail"] = encode(lines.pop())
+        # (line, bytes of this request consumed once the line has run)
+        cmds, end = [], -len(tail)
+        for ln in lines:
+            end += len(encode(ln)) + 1
+            if ln.strip() and not ln.lstrip().startswith("#"):
+                if len(encode(ln)) > MAX_LINE:              # bytes, as docs/ctl.md says
+                    st["tail"] = b""
+                    raise EngineError(errno.E2BIG, f"a command line is longer than {MAX_LINE} bytes")
+                cmds.append((ln, min(max(end, 0), len(data))))
+        if len(st["tail"]) > MAX_LINE and not st["tail"].lstrip().startswith(b"#"):
+            st["tail"] = b""
             raise EngineError(errno.E2BIG, f"a command line is longer than {MAX_LINE} bytes")
-        return run_lines(fs, h, lines, 0, len(data), req)
+        retry = (off, data) if follows else None
+        return run_lines(fs, h, cmds, 0, len(data), req, retry)
 
 
-def run_lines(fs, h, lines, i, nbytes, req):
-    """Run lines[i:] in order, stopping at the first error (whose errno fails the write)."""
-    ex, results = h.state["executor"], h.state["results"]
-    for k in range(i, len(lines)):
+def emit(h, text: str) -> None:
+    """Append one result line to the handle's stream; a reader that never reads keeps only
+    the last MAX_UNREAD bytes."""
+    st = h.state
+    out = st["out"]
+    out += encode(text)
+    extra = len(out) - MAX_UNREAD
+    if extra > 0:
+        extra = out.find(b"\n", extra - 1) + 1 or len(out)      # whole lines
+        del out[:extra]
+        st["base"] += extra
+        st["cursor"] = max(st["cursor"], st["base"])
+
+
+def fail(h, e, cmds, k, retry) -> None:
+    """Record a failed command. In a continuation of a split write(2), remember the bytes up
+    to the failed line: the client's retry of them is answered with the same error."""
+    emit(h, result_line(error_line(e)))
+    if retry is not None:
+        off, data = retry
+        h.state["guard"] = (off, data[:cmds[k][1]], e)
+
+
+def run_lines(fs, h, cmds, i, nbytes, req, retry=None):
+    """Run cmds[i:] in order, stopping at the first error (whose errno fails the write)."""
+    ex = h.state["executor"]
+    for k in range(i, len(cmds)):
         try:
-            results.append(result_line(ex.run(parse_line(lines[k]), req)))
+            emit(h, result_line(ex.run(parse_line(cmds[k][0]), req)))
         except Blocked as b:
             fs.after_change()
-            return Pending(fs, h, b, lines, k, nbytes, req)
+            return Pending(fs, h, b, cmds, k, nbytes, req, retry)
         except EngineError as e:
-            results.append(result_line(error_line(e)))
+            fail(h, e, cmds, k, retry)
             fs.after_change()
             raise
         fs.after_change()
@@ -69,9 +134,9 @@ class Pending:
     """A ctl write sleeping in mem_cgroup_handle_oom. The caller waits until the engine's
     oom_wake_seq moves, then calls resume(); cancel() when the writer is gone."""
 
-    def __init__(self, fs, h, blocked, lines, k, nbytes, req):
+    def __init__(self, fs, h, blocked, cmds, k, nbytes, req, retry):
         self.fs, self.h, self.blocked = fs, h, blocked
-        self.lines, self.k, self.nbytes, self.req = lines, k, nbytes, req
+        self.cmds, self.k, self.nbytes, self.req, self.retry = cmds, k, nbytes, req, retry
         self.done = False
 
     @property
@@ -88,20 +153,21 @@ class Pending:
             return self
         except EngineError as e:
             self.done = True
-            self.h.state["results"].append(result_line(error_line(e)))
+            fail(self.h, e, self.cmds, self.k, self.retry)
             self.fs.after_change()
             raise
         self.done = True
-        self.h.state["results"].append(result_line(line))
+        emit(self.h, result_line(line))
         self.fs.after_change()
-        return run_lines(self.fs, self.h, self.lines, self.k + 1, self.nbytes, self.req)
+        return run_lines(self.fs, self.h, self.cmds, self.k + 1, self.nbytes, self.req,
+                         self.retry)
 
     def cancel(self):
         if not self.done:
             self.done = True
             self.fs.engine.end_oom_wait(self.blocked.memcg)
-            self.h.state["results"].append("error: EINTR: the writer went away while the "
-                                           "charge waited on the OOM killer\n")
+            emit(self.h, "error: EINTR: the writer went away while the charge waited on "
+                         "the OOM killer\n")
             self.fs.after_change()
 
 
@@ -157,7 +223,7 @@ class EventsFile:
         skip = max(off - start, 0)
         return data[skip:skip + size]
 
-    def write(self, fs, h, data, req):
+    def write(self, fs, h, off, data, req):
         raise EngineError(errno.EINVAL, "read-only file")
 
 
@@ -177,11 +243,9 @@ class SnapshotFile:
         self.render = render_fn
 
     def read(self, fs, h, off, size):
-        if off == 0 or h.snapshot is None:
-            h.snapshot = encode(self.render(fs))
-        return h.snapshot[off:off + size]
+        return fs.snapshot(h, off, lambda: self.render(fs))[off:off + size]
 
-    def write(self, fs, h, data, req):
+    def write(self, fs, h, off, data, req):
         raise EngineError(errno.EINVAL, "read-only file")
 
 

@@ -1,6 +1,7 @@
 """What the daemon asks the host about processes (/proc), behind one small interface so the
 filesystem layer can be tested with a fake host."""
 import os
+import select
 
 
 class Host:
@@ -44,3 +45,21 @@ class Host:
                 return f.read().strip()
         except OSError:
             return ""
+
+    def creds(self, pid: int):
+        """(uid, euid, suid) from the `Uid:` line of /proc/PID/status, or None."""
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Uid:"):
+                        uid, euid, suid = (int(x) for x in line.split()[1:4])
+                        return uid, euid, suid
+        except (OSError, ValueError):
+            pass
+        return None
+
+    def exited(self, pidfd: int) -> bool:
+        """A pidfd polls readable once its process has exited."""
+        p = select.poll()
+        p.register(pidfd, select.POLLIN)
+        return bool(p.poll(0))

@@ -275,7 +275,7 @@ def serve(mountpoint: str, fs: CgroupFS, fuse_opts=(), ready=None, state_file=No
         ready()
     saved = True
     try:
-        trio.run(_main, fs, state_file, save_interval)
+        trio.run(_main, fs, state_file, save_interval, ops)
     finally:
         if state_file:
             saved = save(fs, state_file)
@@ -288,9 +288,9 @@ def serve(mountpoint: str, fs: CgroupFS, fuse_opts=(), ready=None, state_file=No
     return saved
 
 
-async def _main(fs, state_file, save_interval):
+async def _main(fs, state_file, save_interval, ops):
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_on_signal, nursery)
+        nursery.start_soon(_on_signal, ops)
         if state_file and save_interval > 0:
             nursery.start_soon(_save_every, fs, state_file, save_interval)
         await pyfuse3.main()
@@ -317,9 +317,12 @@ def save(fs, state_file) -> bool:
     return True
 
 
-async def _on_signal(nursery):
+async def _on_signal(ops):
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for sig in signals:
             log.info("signal %s: unmounting", signal.Signals(sig).name)
+            # pyfuse3.main() returns only once every request has been answered: writes
+            # sleeping on an OOM end with EINTR first (issue 9 item 6).
+            ops.interrupt_sleepers()
             pyfuse3.terminate()
             return

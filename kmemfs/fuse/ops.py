@@ -14,12 +14,14 @@ import ctypes
 import errno
 import logging
 import os
+import select
 import stat
 import threading
 
 import pyfuse3
 import trio
 
+from ..cgroupfs.host import Host
 from ..cgroupfs.tree import CTL_DIR_INO, Attr, CgroupFS, Request, encode
 from ..engine import EngineError
 
@@ -29,6 +31,7 @@ SYS_pidfd_getfd = 438
 PIDFD_THREAD = os.O_EXCL
 SIGNAL_POLL = 0.2     # seconds between looks at a waiting writer's pending signals
 HOST_FILES = ("tasks", "cgroup.procs")
+ACTS_FOR_WRITER = {"tasks", "cgroup.procs", "cgroup.event_control"}
 
 
 def _fuse_errors(fn):
@@ -76,12 +79,20 @@ class Operations(pyfuse3.Operations):
         self.gone = set()                        # open_cached inodes of removed cgroups
         self.wake = trio.Event()
         self.wake_seq = fs.engine.oom_wake_seq
+        self.stopping = False       # SIGTERM/SIGINT: sleeping writes end with EINTR
         # Testing aid: handler names that raise, to prove one failure stays one EIO.
         self.faults = set(filter(None, os.environ.get("KMEMFS_INJECT_FAULT", "").split(",")))
         fs.import_eventfd = import_eventfd
         fs.resolve_fd = self.resolve_fd
 
     # ------------------------------------------------------------------ helpers
+    def interrupt_sleepers(self) -> None:
+        """Shutdown: every write sleeping on an OOM (and any that would) ends with EINTR, so
+        the main loop can return and the daemon save and unmount."""
+        self.stopping = True
+        self.wake.set()
+        self.wake = trio.Event()
+
     def kick(self) -> None:
         """Wake writers sleeping on a memcg OOM when memcg_oom_recover ran."""
         if self.fs.engine.oom_wake_seq != self.wake_seq:
@@ -101,8 +112,11 @@ class Operations(pyfuse3.Operations):
         e.st_blksize = 4096
         e.st_blocks = 0
         e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = a.time_ns
-        e.entry_timeout = TIMEOUT
-        e.attr_timeout = 0 if a.ino in self.volatile else TIMEOUT
+        # A per-lookup ctl inode must not be cached at all (tree.py private); the events
+        # file's growing st_size must be current (tail -f); everything else the kernel sees
+        # change itself, so it may keep it long.
+        e.entry_timeout = TIMEOUT if a.cache else 0
+        e.attr_timeout = TIMEOUT if a.cache and a.ino not in self.volatile else 0
         e.generation = 0
         return e
 
@@ -110,7 +124,8 @@ class Operations(pyfuse3.Operations):
     def _cacheable(self, ino: int) -> bool:
         """A readable cgroup file whose text depends on the model only (tasks and
         cgroup.procs list host processes, which come and go without a request)."""
-        if ino & 63 == 0 or ino <= CTL_DIR_INO or ino in self.fs.special_name:
+        if ino & 63 == 0 or ino <= CTL_DIR_INO or ino in self.fs.special_name \
+                or ino in self.fs.private:
             return False
         try:
             _, cft = self.fs.resolve(ino)
@@ -189,7 +204,11 @@ class Operations(pyfuse3.Operations):
             return self.entry(self.fs.getattr(parent_inode))
         if name == "..":
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return self.entry(self.fs.lookup(parent_inode, name))
+        return self.entry(self.fs.lookup(parent_inode, name, kernel=True))
+
+    async def forget(self, inode_list):
+        for ino, n in inode_list:
+            self.fs.forget(ino, n)
 
     @_fuse_errors
     async def getattr(self, inode, ctx=None):
@@ -223,9 +242,9 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def readdir(self, fh, start_id, token):
-        entries = self.fs.readdir(fh)
-        for i, (name, a) in enumerate(entries[start_id:], start=start_id + 1):
+        for i, (name, a) in enumerate(self.fs.readdir(fh, start_id), start=start_id + 1):
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self.entry(a), i):
+                self.fs.forget(a.ino, 1)          # not taken: the kernel will not forget it
                 break
 
     async def releasedir(self, fh):
@@ -233,7 +252,7 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
-        return self.entry(self.fs.mkdir(parent_inode, _name(name), _req(ctx)))
+        return self.entry(self.fs.mkdir(parent_inode, _name(name), _req(ctx), mode))
 
     @_fuse_errors
     async def rmdir(self, parent_inode, name, ctx):
@@ -278,9 +297,12 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         req = _req(ctx)
         fh = self.fs.open(inode, req)
+        # FUSE write requests carry no caller (pyfuse3 passes none): the opener stands for
+        # the writer, pinned by a pidfd where the write acts for it (its fds, creds, signals).
         h = self.fs.handle(fh)
-        # FUSE write requests carry no caller: the opener stands for the writer.
-        h.state["req"] = req
+        if (h.special is not None and h.special.mode & 0o200) or \
+                (h.cft is not None and h.cft.name in ACTS_FOR_WRITER):
+            req.pidfd = _pidfd(req.pid)
         if not (self.page_cache and flags & os.O_ACCMODE == os.O_RDONLY
                 and self._cacheable(inode)):
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
@@ -312,29 +334,33 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def write(self, fh, off, buf):
-        req = self.fs.handle(fh).state.get("req") or Request()
+        req = self.fs.handle(fh).req
         try:
             result = self.fs.write(fh, off, buf, req)
             if not isinstance(result, int):
-                result = await self._wait(result, req.pid)
+                result = await self._wait(result, req)
         finally:
             if self.open_cached:
                 await self._refresh_open()
         return result
 
-    async def _wait(self, pending, pid: int) -> int:
+    async def _wait(self, pending, req: Request) -> int:
         """A charge sleeps on a memcg OOM (oom_kill_disable=1): wait for memcg_oom_recover,
         then retry. A signal for the writer ends the wait with EINTR, as it ends the kernel's
         sleep. pyfuse3 passes no FUSE_INTERRUPT, and the kernel keeps even a SIGKILLed writer
         waiting for our reply, so while (and only while) a writer waits its pending signals
-        are looked at every SIGNAL_POLL seconds."""
+        are looked at every SIGNAL_POLL seconds. Shutdown ends the wait with EINTR too."""
         try:
             while not isinstance(pending, int):
+                if self.stopping:
+                    pending.cancel()
+                    raise pyfuse3.FUSEError(errno.EINTR)
                 with trio.move_on_after(SIGNAL_POLL):
                     await self.wake.wait()
-                    pending = pending.resume()
+                    if not self.stopping:
+                        pending = pending.resume()
                     continue
-                if _signal_pending(pid):
+                if _signal_pending(req):
                     pending.cancel()
                     raise pyfuse3.FUSEError(errno.EINTR)
             return pending
@@ -346,6 +372,8 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def release(self, fh):
         h = self.fs.handles.get(fh)
+        if h is not None and h.req.pidfd is not None:
+            os.close(h.req.pidfd)
         if h is not None and h.state.get("cached"):
             self.open_cached[h.ino] -= 1
             if not self.open_cached[h.ino]:
@@ -375,11 +403,14 @@ def _pidfd(pid: int):
     return None
 
 
-def _signal_pending(pid: int) -> bool:
+def _signal_pending(req: Request) -> bool:
     """The writer has an unblocked signal queued (SigPnd/ShdPnd minus SigBlk in
     /proc/PID/status), or is gone."""
+    pid = req.pid
     if not pid:
         return False
+    if req.pidfd is not None and Host().exited(req.pidfd):
+        return True
     pending = blocked = 0
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
@@ -399,43 +430,83 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class EventFd:
-    """The daemon's duplicate of a client's eventfd."""
+    """The daemon's duplicate of a client's eventfd, signalled as eventfd_signal does: never
+    blocking. The duplicate shares the client's open file (pidfd_getfd), so it cannot be
+    given O_NONBLOCK of its own (the client's blocking read would then fail with EAGAIN).
+    Instead a counter that cannot take 1 more (poll: not writable) is left saturated, as
+    eventfd_signal clamps it; otherwise the write runs in a short-lived thread of this
+    eventfd, so a counter filled meanwhile by the client blocks that thread, not the daemon
+    (it finishes when the client reads). The fd is closed by whoever uses it last."""
 
     def __init__(self, fd: int):
         self.fd = fd
+        self.lock = threading.Lock()
+        self.pending = 0
+        self.busy = False          # a delivery thread owns the fd
+        self.closed = False
 
     def signal(self) -> None:
-        if self.fd >= 0:
+        with self.lock:
+            if self.closed or not _writable(self.fd):
+                return
+            self.pending += 1
+            if self.busy:
+                return
+            self.busy = True
+        threading.Thread(target=self._deliver, name="eventfd-signal", daemon=True).start()
+
+    def _deliver(self) -> None:
+        while True:
+            with self.lock:
+                n, self.pending = self.pending, 0
+                if not n:
+                    self.busy = False
+                    if self.closed:
+                        os.close(self.fd)
+                    return
             try:
-                os.eventfd_write(self.fd, 1)
+                os.eventfd_write(self.fd, n)
             except OSError:
                 log.warning("eventfd signal failed", exc_info=True)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            if self.busy:
+                return                 # _deliver closes it when its write returns
+        os.close(self.fd)
 
 
-def import_eventfd(pid: int, fd: int) -> EventFd:
-    """Duplicate the client's eventfd with pidfd_open + pidfd_getfd (opening
-    /proc/PID/fd/N of an eventfd fails with ENXIO). The fd's kind is checked first: a
-    duplicate of a file in this very mount could only be closed by a FLUSH to this daemon,
-    which is busy answering this request."""
-    if _fd_kind(f"/proc/{pid}/fd/{fd}") is None:
-        raise EngineError(errno.EBADF, f"fd {fd} of pid {pid} is not open")
-    if _fd_kind(f"/proc/{pid}/fd/{fd}") != EVENTFD:
-        raise EngineError(errno.EINVAL, f"fd {fd} is not an eventfd")
-    pidfd = _pidfd(pid)
-    if pidfd is None:
-        raise EngineError(errno.EBADF, f"cannot reach pid {pid}")
+def _writable(fd: int) -> bool:
+    p = select.poll()
+    p.register(fd, select.POLLOUT)
+    return any(ev & select.POLLOUT for _, ev in p.poll(0))
+
+
+def import_eventfd(req: Request, fd: int) -> EventFd:
+    """Duplicate the writer's eventfd with pidfd_getfd (opening /proc/PID/fd/N of an
+    eventfd fails with ENXIO), through the pidfd taken when it opened the file: if that
+    process has exited, its pid may name another process now, and nothing is taken. The
+    fd's kind is checked first: a duplicate of a file in this very mount could only be
+    closed by a FLUSH to this daemon, which is busy answering this request."""
+    pidfd = req.pidfd if req.pidfd is not None else _pidfd(req.pid)
+    if pidfd is None or Host().exited(pidfd):
+        raise EngineError(errno.EBADF, f"the process that opened the file ({req.pid}) is gone")
     try:
+        if _fd_kind(f"/proc/{req.pid}/fd/{fd}") is None:
+            raise EngineError(errno.EBADF, f"fd {fd} of pid {req.pid} is not open")
+        if _fd_kind(f"/proc/{req.pid}/fd/{fd}") != EVENTFD:
+            raise EngineError(errno.EINVAL, f"fd {fd} is not an eventfd")
         new = _libc.syscall(SYS_pidfd_getfd, pidfd, fd, 0)
         if new < 0:
             err = ctypes.get_errno()
-            raise EngineError(errno.EBADF if err == errno.EBADF else err, os.strerror(err))
+            raise EngineError(errno.EBADF if err in (errno.EBADF, errno.ESRCH) else err,
+                              os.strerror(err))
     finally:
-        os.close(pidfd)
+        if pidfd != req.pidfd:
+            os.close(pidfd)
     if _fd_kind(f"/proc/self/fd/{new}") != EVENTFD:      # swapped under us meanwhile
         threading.Thread(target=os.close, args=(new,), daemon=True).start()
         raise EngineError(errno.EINVAL, f"fd {fd} is not an eventfd")
