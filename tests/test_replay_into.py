@@ -24,9 +24,15 @@ def ctl(config=Config()):
     fs.mkdir(1, "web")
     fh = fs.open(fs.lookup(CTL_DIR_INO, "ctl").ino, Request(pid=1))
 
+    pos = 0          # the file offset, as a real client's write/read move it
+
     def send(*lines):
-        fs.write(fh, 0, ("\n".join(lines) + "\n").encode(), Request(pid=1))
-        return fs.read(fh, 0, 1 << 20).decode().splitlines()
+        nonlocal pos
+        data = ("\n".join(lines) + "\n").encode()
+        fs.write(fh, pos, data, Request(pid=1))
+        out = fs.read(fh, pos + len(data), 1 << 20)
+        pos += len(data) + len(out)
+        return out.decode().splitlines()
     return fs, send
 
 

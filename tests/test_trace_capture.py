@@ -290,12 +290,16 @@ def _wait_for_command(tracefs, timeout=30):
     while time.monotonic() < end:
         for m in ours(inst):
             if m.endswith("_alloc"):
-                with open(os.path.join(inst, m, "events/kmem/kmalloc/enable")) as f:
-                    on = f.read().strip() == "1"
-                with open(os.path.join(inst, m, "set_event_pid")) as f:
-                    if on and f.read().strip():
-                        time.sleep(0.2)
-                        return
+                try:     # a new instance's files appear a moment after its directory
+                    with open(os.path.join(inst, m, "events/kmem/kmalloc/enable")) as f:
+                        on = f.read().strip() == "1"
+                    with open(os.path.join(inst, m, "set_event_pid")) as f:
+                        pids = f.read().strip()
+                except FileNotFoundError:
+                    continue
+                if on and pids:
+                    time.sleep(0.2)
+                    return
         time.sleep(0.05)
     raise AssertionError("the capture never started")
 
