@@ -28,3 +28,12 @@ def mount_factory(tmp_path):
 @pytest.fixture
 def mnt(mount_factory):
     return mount_factory()
+
+
+@pytest.fixture
+def mounts():
+    """A list a test appends Mounts it started itself to; each is stopped at teardown."""
+    made = []
+    yield made
+    for m in made:
+        m.stop()

@@ -67,14 +67,6 @@ def read_everything(mp) -> dict:
 
 
 
-@pytest.fixture
-def mounts():
-    made = []
-    yield made
-    for m in made:
-        m.stop()
-
-
 def mount_with_state(tmp_path, mounts, st, interval=0):
     m = Mount(tmp_path / "mnt", extra=["--state", str(st), "--save-interval", str(interval)])
     mounts.append(m)

@@ -81,14 +81,6 @@ def public(tmp_path):
     shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture
-def mounts():
-    made = []
-    yield made
-    for m in made:
-        m.stop()
-
-
 # ---------------------------------------------------------------------------------- helpers
 def repack(payload: bytes, version: int = state.VERSION) -> bytes:
     digest = hashlib.sha256(payload).hexdigest().encode()

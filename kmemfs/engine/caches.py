@@ -18,8 +18,6 @@ _MGMT_GFP = int(Gfp.WAIT | Gfp.HIGH | Gfp.IO | Gfp.FS | Gfp.NOFAIL | Gfp.NORETRY
 
 
 class CacheOps:
-    cpu = 0     # the CPU the current operation runs on (docs/semantics.md §4a)
-
     # ------------------------------------------------------------------ caches
     def kmem_cache_create(self, spec) -> KmemCache:
         if spec.name in self.originals:

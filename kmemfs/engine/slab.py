@@ -64,29 +64,22 @@ class ArrayCache:
 
     def pop_top(self, k: int) -> list:
         """The top k entries, in the order they are popped (newest first)."""
-        out, runs = [], self.runs
-        self.avail -= k
-        while k:
-            run = runs[-1]
-            n = min(run[1], k)
-            out.append((run[0], n))
-            run[1] -= n
-            if not run[1]:
-                runs.pop()
-            k -= n
-        return out
+        return self._pop(k, -1)
 
     def pop_bottom(self, k: int) -> list:
         """entry[0 .. k), in array order (what free_block(ac->entry, k) walks)."""
+        return self._pop(k, 0)
+
+    def _pop(self, k: int, end: int) -> list:
         out, runs = [], self.runs
         self.avail -= k
         while k:
-            run = runs[0]
+            run = runs[end]
             n = min(run[1], k)
             out.append((run[0], n))
             run[1] -= n
             if not run[1]:
-                runs.popleft()
+                runs.pop() if end else runs.popleft()
             k -= n
         return out
 
