@@ -281,10 +281,11 @@ def test_record_duration_is_a_deadline_and_slow_sweeps_warn(mnt, tmp_path):
     from kmemfs.tools import record as rec
     for i in range(30):
         os.mkdir(mnt.p(f"g{i}"))
-    tree, complete = rec.sweep(mnt.path, deadline=time.monotonic() - 1)
-    assert tree == {} and not complete
-    tree, complete = rec.sweep(mnt.path)
-    assert complete and len(tree) == 31
+    tree, dead, complete = rec.sweep(mnt.path, deadline=time.monotonic() - 1, snapshot=False)
+    assert tree == {} and dead is None and not complete
+    tree, dead, complete = rec.sweep(mnt.path, snapshot=False)
+    assert complete and len(tree) == 31 and dead == {}
+    assert rec.sweep(mnt.path) == (tree, dead, True)     # .kmemfs/snapshot: one read
     warnings, out = [], tmp_path / "r.jsonl"
 
     def warn(msg):                     # called right after the first sample is written:
@@ -294,11 +295,12 @@ def test_record_duration_is_a_deadline_and_slow_sweeps_warn(mnt, tmp_path):
     assert objs[-1]["reason"] == "duration"
     assert "longer than --interval" in warnings[0][0]
     assert warnings[0][1] == 2                         # header + the first sample
-    # a deadline that falls inside the first sweep: a partial sample, then the end
+    # a deadline that falls inside the first sweep: one sample, then the end; on kmemfs the
+    # sample is one read of .kmemfs/snapshot, so whole (a file walk's would be partial, above)
     rec.record(mnt.path, str(out), interval=1.0, duration=1e-9, warn=warn)
     objs = [json.loads(line) for line in out.read_text().splitlines()]
     assert [o["type"] for o in objs] == ["header", "sample", "end"]
-    assert objs[1].get("partial") is True and len(objs[1]["cgroups"]) < 31
+    assert "partial" not in objs[1] and len(objs[1]["cgroups"]) == 31
 
 
 def test_plot_events_only_cgroups_and_unknown_cgroup(tmp_path):

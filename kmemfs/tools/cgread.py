@@ -150,12 +150,17 @@ def read_snapshot(mountpoint):
             "caches": [r for r in rows if r.get("type") == "cache"]}
 
 
+def snapshot_tree(snap):
+    """read_tree's dict from a read_snapshot() result."""
+    return {path: {k: c.get(k) for k in COUNTERS} for path, c in snap["cgroups"].items()}
+
+
 def read_tree(mountpoint, snapshot=True):
     """{path: counters} for every cgroup still there, in tree order: read_cgroup's keys,
     from `.kmemfs/snapshot` when the mount has one (snapshot=False: file by file)."""
     snap = read_snapshot(mountpoint) if snapshot else None
     if snap is not None:
-        return {path: {k: c.get(k) for k in COUNTERS} for path, c in snap["cgroups"].items()}
+        return snapshot_tree(snap)
     out = {}
     for rel in walk(mountpoint):
         c = read_cgroup(mountpoint, rel)

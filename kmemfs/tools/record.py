@@ -82,12 +82,15 @@ MiB = 1 << 20
 
 
 # --- record --------------------------------------------------------------------------------
-def dead_pages(mountpoint):
-    text = cgread.read_text(os.path.join(mountpoint, ".kmemfs", "slabinfo"))
-    if text is None:
-        return None
+def dead_pages(mountpoint, caches=None):
+    """{dead cache: slab pages} from .kmemfs/slabinfo, or from the snapshot's caches."""
+    if caches is None:
+        text = cgread.read_text(os.path.join(mountpoint, ".kmemfs", "slabinfo"))
+        if text is None:
+            return None
+        caches = cgread.parse_slabinfo(text)
     return {r["name"]: r["num_slabs"] * r["pagesperslab"]
-            for r in cgread.parse_slabinfo(text) if r["name"].endswith("dead")}
+            for r in caches if r["name"].endswith("dead")}
 
 
 def page_size(mountpoint):
@@ -99,17 +102,21 @@ def page_size(mountpoint):
     return os.sysconf("SC_PAGE_SIZE")
 
 
-def sweep(mountpoint, deadline=None):
-    """Every cgroup's counters, as cgread.read_tree, but stopping at `deadline` (monotonic):
-    (tree, complete)."""
+def sweep(mountpoint, deadline=None, snapshot=True):
+    """Every cgroup's counters and the dead caches' pages (None on a kernel's cgroupfs):
+    on kmemfs one read of `.kmemfs/snapshot`, elsewhere cgread's walk file by file, stopping
+    at `deadline` (monotonic). Returns (tree, dead, complete)."""
+    snap = cgread.read_snapshot(mountpoint) if snapshot else None
+    if snap is not None:
+        return cgread.snapshot_tree(snap), dead_pages(mountpoint, snap["caches"]), True
     tree = {}
     for rel in cgread.walk(mountpoint):
         if deadline is not None and time.monotonic() >= deadline:
-            return tree, False
+            return tree, None, False
         c = cgread.read_cgroup(mountpoint, rel)
         if c is not None:
             tree[rel] = c
-    return tree, True
+    return tree, dead_pages(mountpoint), True
 
 
 def event_time(fields, wall_start, fallback):
@@ -157,9 +164,8 @@ def record(mountpoint, out, interval=0.1, duration=None, stop=None, warn=None, s
                 start = time.monotonic()
                 t = round(start - t0, 4)
                 events(t)
-                tree, complete = sweep(mountpoint, end)
+                tree, dead, complete = sweep(mountpoint, end)
                 sample = {"type": "sample", "t": t, "cgroups": tree}
-                dead = dead_pages(mountpoint) if complete else None
                 if dead is not None:
                     sample["dead"] = dead
                 if not complete:
