@@ -9,7 +9,17 @@ real kernel cgroup v1 memory controller, in one run.
       vs /sys/fs/cgroup/memory/kmemfs_bench_<pid>/. Target: kmemfs <= 1.25x the minimal fs.
   (b) mkdir and rmdir rates, kmemfs vs the kernel. Target: kmemfs at least as fast.
   (c) cat (open, read to EOF, close) of a leaf's memory.stat and memory.kmem.slabinfo in a
-      kmemfs tree of 1 cgroup and one of N (default 10,000) cgroups. Target: <= 1.2x.
+      kmemfs tree of 1 cgroup and one of N (default 10,000) cgroups. Target: <= 1.2x; root's
+      memory.stat at N children within 1.2x a leaf's (issue 13).
+  (d) a monitor's sweep: 6 files (usage, limit, max_usage, failcnt, kmem.usage, stat) of each
+      of 1,000 cgroups, kmemfs default vs kmemfs -o page_cache vs the kernel, each sweep after
+      a 1.1 s pause (a monitor polling every second: what a 1 s entry timeout used to lose).
+      Targets, as ratios to the kernel: <= 20x default, <= 10x -o page_cache.
+  (e) `find MP -type f | xargs cat` at 1,000 and 10,000 cgroups, kmemfs vs the kernel (info).
+  (f) kmemfs's own tools at 1,000 cgroups: `kmemfs top --once` (the first frame, a fresh
+      process) and `kmemfs record`'s sample period at --interval 0.1 (in-process, 3 s);
+      on kmemfs (they read .kmemfs/snapshot) and on the kernel tree (file by file).
+      Targets: top's first frame <= 0.5 s, record keeps 0.1 s, both on kmemfs.
 
 Contenders run interleaved in rounds (A, B, C, then C, B, A, ...) so drift hits all alike;
 the tables give the median over rounds of each contender's time (or rate) and, as the ratio,
@@ -161,12 +171,14 @@ class Daemon:
         return os.path.join(self.mp, *parts)
 
 
-def kmemfs_daemon(tmp, name, profile_out=None):
+def kmemfs_daemon(tmp, name, profile_out=None, options=None):
     mp, log = os.path.join(tmp, name), os.path.join(tmp, name + ".log")
     cmd = [sys.executable]
     if profile_out:
         cmd += ["-m", "cProfile", "-o", profile_out]
     cmd += ["-m", "kmemfs", "mount", mp, "--foreground", "--log", log]
+    if options:
+        cmd += ["-o", options]
     return Daemon(name, mp, cmd, log)
 
 
@@ -399,12 +411,106 @@ def run_profile(tmp, workloads, tree_n, quick):
             f"\n\n-- kmemfs code only, by cumulative time --\n{ours}")
 
 
+SWEEP_N, FIND_BIG = 1_000, 10_000      # cgroups in (d)/(f) and (e)'s two sizes
+SWEEP_PAUSE = 1.1                       # seconds idle before each sweep of (d)
+SWEEP_FILES = ("memory.usage_in_bytes", "memory.limit_in_bytes", "memory.max_usage_in_bytes",
+               "memory.failcnt", "memory.kmem.usage_in_bytes", "memory.stat")
+
+
+def siblings(parent, n, first=0):
+    """n empty cgroups kmemfs_bench_s<first..> under parent; their paths."""
+    paths = [os.path.join(parent, f"{BENCH_PREFIX}s{i}") for i in range(first, first + n)]
+    for p in paths:
+        os.mkdir(p)
+    return paths
+
+
+def sweep_once(dirs):
+    for d in dirs:
+        for f in SWEEP_FILES:
+            cat(os.path.join(d, f))
+
+
+def phase_sweep(contenders, rounds, pause, prog):
+    """contenders: [(label, [cgroup dirs])]. Each sweep after `pause` seconds idle.
+    Returns {label: [seconds per sweep]}."""
+    for _, dirs in contenders:
+        sweep_once(dirs)                                # warm: the entries exist
+    res = {label: [] for label, _ in contenders}
+    for r in range(rounds):
+        for label, dirs in order(contenders, r):
+            time.sleep(pause)
+            t = perf()
+            sweep_once(dirs)
+            res[label].append(perf() - t)
+        prog.advance()
+    return res
+
+
+def find_cat(top) -> float:
+    """`find TOP -type f -print0 | xargs -0 cat`: seconds (errors of write-only files and the
+    .kmemfs control files are left out of the picture)."""
+    t = perf()
+    subprocess.run(f"find {top} -path '*/.kmemfs' -prune -o -type f -print0 "
+                   "| xargs -0 cat >/dev/null 2>&1", shell=True)
+    return perf() - t
+
+
+def phase_find(contenders, rounds, prog):
+    """contenders: [(label, top dir)] -> {label: [seconds]}."""
+    res = {label: [] for label, _ in contenders}
+    for r in range(rounds):
+        for label, top in order(contenders, r):
+            res[label].append(find_cat(top))
+        prog.advance()
+    return res
+
+
+def top_first_frame(mp) -> float:
+    """Wall time of `kmemfs top MP --once` in a fresh process: what a user waits for."""
+    t = perf()
+    r = subprocess.run([sys.executable, "-m", "kmemfs", "top", mp, "--once"], cwd=B.ROOT,
+                       capture_output=True, env=dict(os.environ, COLUMNS="140"))
+    took = perf() - t
+    if r.returncode:
+        raise RuntimeError(f"kmemfs top {mp} --once: {r.stderr.decode()[-300:]}")
+    return took
+
+
+def record_period(mp, seconds, tmp) -> tuple:
+    """kmemfs record at --interval 0.1 for `seconds`: (median gap between samples, median
+    time one sample takes, samples)."""
+    sys.path.insert(0, B.ROOT)
+    from kmemfs.tools import record as rec
+    out = os.path.join(tmp, "record.jsonl")
+    rec.record(mp, out, interval=0.1, duration=seconds, warn=lambda msg: None)
+    import json
+    with open(out) as f:
+        ts = [o["t"] for o in map(json.loads, f) if o["type"] == "sample"]
+    took = []
+    for _ in range(5):
+        t = perf()
+        rec.sweep(mp)
+        took.append(perf() - t)
+    gaps = [b - a for a, b in zip(ts, ts[1:])] or [float("inf")]
+    return B.median(gaps), B.median(took), len(ts)
+
+
+def python_start() -> float:
+    """A bare `python -c pass`: the floor under any fresh-process tool."""
+    t = perf()
+    subprocess.run([sys.executable, "-c", "pass"])
+    return perf() - t
+
+
 # ---------------------------------------------------------------------------- main
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds and operations")
     ap.add_argument("--profile", action="store_true",
                     help="always profile a kmemfs daemon through the workloads")
+    ap.add_argument("--only", default="abcdef", metavar="PHASES",
+                    help="run only these phases, e.g. --only def (default: abcdef)")
     ap.add_argument("--tree", type=int, default=10_000, metavar="N",
                     help="cgroups in the big tree of (c) (default 10,000)")
     ap.add_argument("--cpu", type=int, default=None, metavar="K",
@@ -431,6 +537,7 @@ def main() -> int:
     rounds_read, n_read = (7, 300) if q else (41, 500)
     rounds_mk, n_mk = (3, 100) if q else (11, 300)
     rounds_tree, n_tree = (7, 150) if q else (41, 300)
+    rounds_sweep, rounds_find = (5, 1) if q else (15, 3)
 
     # SIGTERM/SIGHUP unwind through the finally blocks like ^C does.
     def _term(sig, frame):
@@ -441,41 +548,76 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="kmemfs_bench_")
     kernel = KernelCgroups()
     daemons = []
+    only = set(args.only)
+    reads = mkrm = tree = sweeps = finds = None
+    tools = {}
     B.say(f"kmemfs FUSE benchmarks ({'quick' if q else 'full'} run; {os.cpu_count()} CPUs, "
           f"pinned: {pin}; medians over interleaved rounds)")
+
+    def start(d):
+        daemons.append(d)
+        return d.start()
     try:
         have_kernel = kernel.create()
-        km = kmemfs_daemon(tmp, "kmemfs")
-        mini = minimal_daemon(tmp)
-        small = kmemfs_daemon(tmp, "tree1")
-        big = kmemfs_daemon(tmp, "treeN")
-        for d in (km, mini, small, big):
-            daemons.append(d)
-            d.start()
-        os.mkdir(km.p("kmemfs_bench_r"))
-        contenders = [("kmemfs", km.p("kmemfs_bench_r", FILE)),
-                      ("minimal pyfuse3", mini.p("d", FILE))]
-        if have_kernel:
-            contenders.append(("kernel cgroupfs", os.path.join(kernel.top, FILE)))
-        for label, path in contenders:
-            with open(path) as f:
-                assert f.read().strip().isdigit(), (label, path)
-
-        with B.progress("(a) read latency", rounds_read) as p:
-            reads = phase_read(contenders, rounds_read, n_read, p)
-        mk_parents = [("kmemfs", km.mp), ("minimal pyfuse3", mini.mp)]
-        if have_kernel:
-            mk_parents.append(("kernel cgroupfs", kernel.top))
-        with B.progress("(b) mkdir/rmdir", rounds_mk) as p:
-            mkrm = phase_mkrm(mk_parents, rounds_mk, n_mk, p)
-        t0 = perf()
-        os.mkdir(small.p("leaf"))
-        leaf_setup(small)
-        with B.progress(f"(c) building a {args.tree:,}-cgroup tree", args.tree) as p:
-            build_tree(big, args.tree, p)
-        built = perf() - t0
-        with B.progress("(c) leaf files", rounds_tree) as p:
-            tree = phase_tree(small, big, rounds_tree, n_tree, p)
+        if only & set("ab"):
+            km = start(kmemfs_daemon(tmp, "kmemfs"))
+            mini = start(minimal_daemon(tmp))
+            os.mkdir(km.p("kmemfs_bench_r"))
+        if "a" in only:
+            contenders = [("kmemfs", km.p("kmemfs_bench_r", FILE)),
+                          ("minimal pyfuse3", mini.p("d", FILE))]
+            if have_kernel:
+                contenders.append(("kernel cgroupfs", os.path.join(kernel.top, FILE)))
+            for label, path in contenders:
+                with open(path) as f:
+                    assert f.read().strip().isdigit(), (label, path)
+            with B.progress("(a) read latency", rounds_read) as p:
+                reads = phase_read(contenders, rounds_read, n_read, p)
+        if "b" in only:
+            mk_parents = [("kmemfs", km.mp), ("minimal pyfuse3", mini.mp)]
+            if have_kernel:
+                mk_parents.append(("kernel cgroupfs", kernel.top))
+            with B.progress("(b) mkdir/rmdir", rounds_mk) as p:
+                mkrm = phase_mkrm(mk_parents, rounds_mk, n_mk, p)
+        if "c" in only:
+            small = start(kmemfs_daemon(tmp, "tree1"))
+            big = start(kmemfs_daemon(tmp, "treeN"))
+            t0 = perf()
+            os.mkdir(small.p("leaf"))
+            leaf_setup(small)
+            with B.progress(f"(c) building a {args.tree:,}-cgroup tree", args.tree) as p:
+                build_tree(big, args.tree, p)
+            built = perf() - t0
+            with B.progress("(c) leaf files", rounds_tree) as p:
+                tree = phase_tree(small, big, rounds_tree, n_tree, p)
+        if only & set("def"):
+            # 1,000 cgroups in each contender (10,000 for (e)'s second size)
+            sw = start(kmemfs_daemon(tmp, "sweep"))
+            pc = start(kmemfs_daemon(tmp, "sweep_pc", options="page_cache"))
+            trees = [("kmemfs", sw.mp), ("kmemfs -o page_cache", pc.mp)]
+            if have_kernel:
+                trees.append(("kernel cgroupfs", kernel.top))
+            dirs = {label: siblings(top, SWEEP_N) for label, top in trees}
+            ctl(sw, [f"alloc dentry 1 cg=/{os.path.basename(d)}" for d in dirs["kmemfs"]])
+        if "d" in only:
+            with B.progress(f"(d) sweeps of {SWEEP_N:,} cgroups", rounds_sweep) as p:
+                sweeps = phase_sweep(list(dirs.items()), rounds_sweep, SWEEP_PAUSE, p)
+        if "f" in only:
+            tools["python"] = B.median([python_start() for _ in range(3)])
+            for label, top in trees:
+                if label == "kmemfs -o page_cache":
+                    continue
+                tools[("top", label)] = B.median([top_first_frame(top) for _ in range(3)])
+                tools[("record", label)] = record_period(top, 3.0, tmp)
+        if "e" in only:
+            finds = {}
+            fc = [("kmemfs", sw.mp)] + ([("kernel cgroupfs", kernel.top)] if have_kernel else [])
+            with B.progress(f"(e) find | xargs cat, {SWEEP_N:,} cgroups", rounds_find) as p:
+                finds[SWEEP_N] = phase_find(fc, rounds_find, p)
+            for label, top in fc:
+                siblings(top, FIND_BIG - SWEEP_N, first=SWEEP_N)
+            with B.progress(f"(e) find | xargs cat, {FIND_BIG:,} cgroups", rounds_find) as p:
+                finds[FIND_BIG] = phase_find(fc, rounds_find, p)
     finally:
         for d in daemons:
             d.stop()
@@ -483,64 +625,128 @@ def main() -> int:
 
     # ------------------------------------------------------------------ report
     missed, profile_for = [], set()
-    rows = []
-    for label, xs in reads.items():
-        m = B.median(xs)
-        ratio = paired(xs, reads["minimal pyfuse3"])
-        if label == "kmemfs":
-            res = B.verdict(ratio <= 1.25)
-            if ratio > 1.25:
-                missed.append("(a) read latency")
-                profile_for.add("read")
-            tgt = "<= 1.25x"
-        else:
-            res, tgt = "-", "-"
-        rows.append([label, B.fmt_time(m), f"{ratio:.2f}x", tgt, res, B.spread(xs)])
-    B.table(f"(a) open+read+close {FILE} ({rounds_read} rounds x {n_read}; ratio to the "
-            "minimal pyfuse3 fs)", ["contender", "per op", "ratio", "target", "result",
-                                    "spread"], rows)
-
-    rows = []
-    kern = mkrm.get("kernel cgroupfs")
-    for label, (mks, rms) in mkrm.items():
-        for what, xs, kx in (("mkdir", mks, kern[0] if kern else None),
-                             ("rmdir", rms, kern[1] if kern else None)):
+    if reads:
+        rows = []
+        for label, xs in reads.items():
             m = B.median(xs)
-            r = paired(xs, kx) if kx else None
-            ratio = f"{r:.2f}x" if kx else "-"
-            if label == "kmemfs" and kx:
-                ok = r >= 1.0
-                if not ok:
-                    missed.append(f"(b) {what}")
-                    profile_for.add("mkrm")
-                rows.append([f"{what} {label}", B.fmt_rate(m), ratio, ">= 1.00x",
-                             B.verdict(ok), B.spread(xs)])
+            ratio = paired(xs, reads["minimal pyfuse3"])
+            if label == "kmemfs":
+                res = B.verdict(ratio <= 1.25)
+                if ratio > 1.25:
+                    missed.append("(a) read latency")
+                    profile_for.add("read")
+                tgt = "<= 1.25x"
             else:
-                note = " (FUSE floor)" if label.startswith("minimal") else ""
-                rows.append([f"{what} {label}{note}", B.fmt_rate(m), ratio, "-", "-",
-                             B.spread(xs)])
-    B.table(f"(b) mkdir / rmdir ({rounds_mk} rounds x {n_mk} cgroups; rate ratio to the "
-            "kernel)", ["operation", "rate", "ratio", "target", "result", "spread"], rows)
+                res, tgt = "-", "-"
+            rows.append([label, B.fmt_time(m), f"{ratio:.2f}x", tgt, res, B.spread(xs)])
+        B.table(f"(a) open+read+close {FILE} ({rounds_read} rounds x {n_read}; ratio to the "
+                "minimal pyfuse3 fs)", ["contender", "per op", "ratio", "target", "result",
+                                        "spread"], rows)
 
-    rows = []
-    for f in ("memory.stat", "memory.kmem.slabinfo", "memory.stat (root)"):
-        one, many = B.median(tree[(f, "1")]), B.median(tree[(f, "N")])
-        ratio = paired(tree[(f, "N")], tree[(f, "1")])
-        if "root" in f:
-            res, tgt = "-", "(info)"
-        else:
-            ok = ratio <= 1.2
-            res, tgt = B.verdict(ok), "<= 1.20x"
-            if not ok:
-                missed.append(f"(c) {f}")
-                profile_for.add("tree")
-        rows.append([f"cat leaf {f}" if "root" not in f else "cat root memory.stat",
-                     B.fmt_time(one), B.fmt_time(many), f"{ratio:.2f}x", tgt, res,
-                     f"{B.spread(tree[(f, '1')])} / {B.spread(tree[(f, 'N')])}"])
-    B.table(f"(c) cat in a tree of 1 vs {args.tree:,} cgroups ({rounds_tree} rounds x {n_tree})",
-            ["file", "1 cgroup", f"{args.tree:,} cgroups", "ratio", "target", "result",
-             "spread 1 / N"], rows)
-    B.say(f"(building the {args.tree:,}-cgroup tree through FUSE took {built:.1f} s)")
+    if mkrm:
+        rows = []
+        kern = mkrm.get("kernel cgroupfs")
+        for label, (mks, rms) in mkrm.items():
+            for what, xs, kx in (("mkdir", mks, kern[0] if kern else None),
+                                 ("rmdir", rms, kern[1] if kern else None)):
+                m = B.median(xs)
+                r = paired(xs, kx) if kx else None
+                ratio = f"{r:.2f}x" if kx else "-"
+                if label == "kmemfs" and kx:
+                    ok = r >= 1.0
+                    if not ok:
+                        missed.append(f"(b) {what}")
+                        profile_for.add("mkrm")
+                    rows.append([f"{what} {label}", B.fmt_rate(m), ratio, ">= 1.00x",
+                                 B.verdict(ok), B.spread(xs)])
+                else:
+                    note = " (FUSE floor)" if label.startswith("minimal") else ""
+                    rows.append([f"{what} {label}{note}", B.fmt_rate(m), ratio, "-", "-",
+                                 B.spread(xs)])
+        B.table(f"(b) mkdir / rmdir ({rounds_mk} rounds x {n_mk} cgroups; rate ratio to the "
+                "kernel)", ["operation", "rate", "ratio", "target", "result", "spread"], rows)
+
+    if tree:
+        rows = []
+        for f in ("memory.stat", "memory.kmem.slabinfo", "memory.stat (root)"):
+            one, many = B.median(tree[(f, "1")]), B.median(tree[(f, "N")])
+            ratio = paired(tree[(f, "N")], tree[(f, "1")])
+            if "root" in f:
+                res, tgt = "-", "(info)"
+            else:
+                ok = ratio <= 1.2
+                res, tgt = B.verdict(ok), "<= 1.20x"
+                if not ok:
+                    missed.append(f"(c) {f}")
+                    profile_for.add("tree")
+            rows.append([f"cat leaf {f}" if "root" not in f else "cat root memory.stat",
+                         B.fmt_time(one), B.fmt_time(many), f"{ratio:.2f}x", tgt, res,
+                         f"{B.spread(tree[(f, '1')])} / {B.spread(tree[(f, 'N')])}"])
+        root, leaf = tree[("memory.stat (root)", "N")], tree[("memory.stat", "N")]
+        ratio = paired(root, leaf)
+        if ratio > 1.2:
+            missed.append("(c) root memory.stat vs a leaf's")
+        rows.append([f"root vs leaf memory.stat, both at {args.tree:,}", B.fmt_time(B.median(leaf)),
+                     B.fmt_time(B.median(root)), f"{ratio:.2f}x", "<= 1.20x",
+                     B.verdict(ratio <= 1.2), ""])
+        B.table(f"(c) cat in a tree of 1 vs {args.tree:,} cgroups ({rounds_tree} rounds x {n_tree})",
+                ["file", "1 cgroup", f"{args.tree:,} cgroups", "ratio", "target", "result",
+                 "spread 1 / N"], rows)
+        B.say(f"(building the {args.tree:,}-cgroup tree through FUSE took {built:.1f} s)")
+
+    if sweeps:
+        rows = []
+        kern = sweeps.get("kernel cgroupfs")
+        for label, xs in sweeps.items():
+            r = paired(xs, kern) if kern else None
+            target = {"kmemfs": 20.0, "kmemfs -o page_cache": 10.0}.get(label)
+            ok = r is not None and target is not None and r <= target
+            if target and r is not None and not ok:
+                missed.append(f"(d) sweep, {label}")
+            rows.append([label, B.fmt_time(B.median(xs)),
+                         f"{B.median(xs) / (SWEEP_N * len(SWEEP_FILES)) * 1e6:.1f} us",
+                         f"{r:.1f}x" if r else "-", f"<= {target:g}x" if target else "-",
+                         B.verdict(ok) if target and r is not None else "-", B.spread(xs)])
+        B.table(f"(d) sweep: {len(SWEEP_FILES)} files x {SWEEP_N:,} cgroups, each after "
+                f"{SWEEP_PAUSE} s idle ({rounds_sweep} rounds; ratio to the kernel)",
+                ["contender", "per sweep", "per file", "ratio", "target", "result", "spread"],
+                rows)
+    if finds:
+        rows = []
+        for n, res in finds.items():
+            kern = res.get("kernel cgroupfs")
+            for label, xs in res.items():
+                r = paired(xs, kern) if kern else None
+                rows.append([f"{label}, {n:,} cgroups", B.fmt_time(B.median(xs)),
+                             f"{r:.1f}x" if r else "-"])
+        B.table(f"(e) find MP -type f | xargs cat ({rounds_find} round(s); ratio to the "
+                "kernel)", ["contender", "time", "ratio"], rows)
+    if tools:
+        rows = [["python -c pass (the floor of a fresh process)",
+                 B.fmt_time(tools["python"]), "-", "-"]]
+        for key, v in tools.items():
+            if key == "python":
+                continue
+            what, label = key
+            on_kmemfs = label == "kmemfs"
+            if what == "top":
+                ok = v <= 0.5
+                rows.append([f"kmemfs top --once, {label}", B.fmt_time(v),
+                             "<= 0.5 s" if on_kmemfs else "-",
+                             B.verdict(ok) if on_kmemfs else "-"])
+                if on_kmemfs and not ok:
+                    missed.append("(f) top first frame")
+            else:
+                gap, took, n = v
+                ok = gap <= 0.1 * 1.1          # the scheduler's slack on a 0.1 s tick
+                rows.append([f"kmemfs record --interval 0.1, {label}: period "
+                             f"(one sample takes {B.fmt_time(took)}; {n} samples in 3 s)",
+                             B.fmt_time(gap), "0.1 s" if on_kmemfs else "-",
+                             B.verdict(ok) if on_kmemfs else "-"])
+                if on_kmemfs and not ok:
+                    missed.append("(f) record period")
+        B.table(f"(f) kmemfs's tools at {SWEEP_N:,} cgroups", ["what", "time", "target",
+                                                                "result"], rows)
 
     if args.profile:
         profile_for = {"read", "mkrm", "tree"}

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
 import stat
@@ -144,6 +145,8 @@ def render_all(fs) -> dict:
             fh = fs.open(attr.ino, req)
             try:
                 out[p] = fs.read(fh, 0, 1 << 24)
+                if p == f"{CTL_DIR}/snapshot":      # its root row counts the host's live pids
+                    out[p] = re.sub(rb'("path":"/",.*?"tasks":)\d+', rb"\1-", out[p], count=1)
             except EngineError as e:
                 out[p] = e.errno
             finally:
