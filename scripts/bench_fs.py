@@ -14,12 +14,15 @@ real kernel cgroup v1 memory controller, in one run.
   (d) a monitor's sweep: 6 files (usage, limit, max_usage, failcnt, kmem.usage, stat) of each
       of 1,000 cgroups, kmemfs default vs kmemfs -o page_cache vs the kernel, each sweep after
       a 1.1 s pause (a monitor polling every second: what a 1 s entry timeout used to lose).
+      Beside them the FUSE floor: the minimal pyfuse3 fs with the same tree, timeouts and
+      requests a file (open, read, read at EOF, release; with page cache: open, release).
       Targets, as ratios to the kernel: <= 20x default, <= 10x -o page_cache.
   (e) `find MP -type f | xargs cat` at 1,000 and 10,000 cgroups, kmemfs vs the kernel (info).
-  (f) kmemfs's own tools at 1,000 cgroups: `kmemfs top --once` (the first frame, a fresh
-      process) and `kmemfs record`'s sample period at --interval 0.1 (in-process, 3 s);
-      on kmemfs (they read .kmemfs/snapshot) and on the kernel tree (file by file).
-      Targets: top's first frame <= 0.5 s, record keeps 0.1 s, both on kmemfs.
+  (f) kmemfs's own tools at 1,000 cgroups: `kmemfs top`'s first screen on a pty of 80x24
+      and 160x50 (a fresh process, until the panes are drawn), `kmemfs top --once` (every
+      row), and `kmemfs record`'s sample period at --interval 0.1 (in-process, 3 s); on
+      kmemfs (they read .kmemfs/snapshot) and on the kernel tree (file by file).
+      Targets: top's first screen <= 0.5 s, record keeps 0.1 s, both on kmemfs.
 
 Contenders run interleaved in rounds (A, B, C, then C, B, A, ...) so drift hits all alike;
 the tables give the median over rounds of each contender's time (or rate) and, as the ratio,
@@ -67,7 +70,19 @@ MINIMAL_FS = textwrap.dedent('''
     DIR, FILE = 2, 3
     NAMES = {(pyfuse3.ROOT_INODE, b"d"): DIR, (DIR, b"memory.usage_in_bytes"): FILE}
     DIRS = {pyfuse3.ROOT_INODE, DIR}
+    FILES = {FILE}
     NEXT = itertools.count(4)
+    # argv: MOUNTPOINT [TIMEOUT [N FILE...]]: N more directories kmemfs_bench_s<i> holding
+    # the FILEs, for (d)'s sweep at the entry/attr timeout kmemfs uses
+    TIMEOUT = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
+    # MINIMAL_PAGE_CACHE=1: what -o page_cache does (st_size, page cache kept across opens)
+    PAGE_CACHE = os.environ.get("MINIMAL_PAGE_CACHE") == "1"
+    for i in range(int(sys.argv[3]) if len(sys.argv) > 3 else 0):
+        d = NAMES[(pyfuse3.ROOT_INODE, f"kmemfs_bench_s{i}".encode())] = next(NEXT)
+        DIRS.add(d)
+        for name in sys.argv[4:]:
+            FILES.add(next(NEXT))
+            NAMES[(d, name.encode())] = max(FILES)
 
     class Minimal(pyfuse3.Operations):
         def attr(self, ino):
@@ -75,8 +90,9 @@ MINIMAL_FS = textwrap.dedent('''
             e.st_ino = ino
             e.st_mode = (stat.S_IFDIR | 0o755) if ino in DIRS else (stat.S_IFREG | 0o444)
             e.st_nlink = 2 if ino in DIRS else 1
+            e.st_size = len(DATA) if PAGE_CACHE and ino not in DIRS else 0
             e.st_blksize = 4096
-            e.entry_timeout = e.attr_timeout = 1.0
+            e.entry_timeout = e.attr_timeout = TIMEOUT
             return e
 
         async def lookup(self, parent, name, ctx=None):
@@ -97,9 +113,9 @@ MINIMAL_FS = textwrap.dedent('''
                     break
 
         async def open(self, inode, flags, ctx):
-            if inode != FILE:
+            if inode not in FILES:
                 raise pyfuse3.FUSEError(errno.EISDIR)
-            return pyfuse3.FileInfo(fh=inode, direct_io=True, keep_cache=False)
+            return pyfuse3.FileInfo(fh=inode, direct_io=not PAGE_CACHE, keep_cache=PAGE_CACHE)
 
         async def read(self, fh, off, size):
             return DATA[off:off + size]
@@ -137,15 +153,16 @@ MINIMAL_FS = textwrap.dedent('''
 class Daemon:
     """A FUSE daemon in a subprocess; stop() always leaves the mount point unmounted."""
 
-    def __init__(self, name, mountpoint, cmd, log):
+    def __init__(self, name, mountpoint, cmd, log, env=None):
         self.name, self.mp, self.cmd, self.log = name, mountpoint, cmd, log
+        self.env = dict(os.environ, **env) if env else None
         self.proc = None
 
     def start(self):
         os.makedirs(self.mp, exist_ok=True)
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(self.cmd, cwd=B.ROOT, stdin=subprocess.DEVNULL,
-                                         stdout=logf, stderr=logf)
+                                         stdout=logf, stderr=logf, env=self.env)
         deadline = time.monotonic() + 30
         while not os.path.ismount(self.mp):
             if self.proc.poll() is not None:
@@ -182,12 +199,14 @@ def kmemfs_daemon(tmp, name, profile_out=None, options=None):
     return Daemon(name, mp, cmd, log)
 
 
-def minimal_daemon(tmp):
+def minimal_daemon(tmp, name="minimal", args=(), page_cache=False):
     script = os.path.join(tmp, "minimal_fs.py")
     with open(script, "w") as f:
         f.write(MINIMAL_FS)
-    mp = os.path.join(tmp, "minimal")
-    return Daemon("minimal", mp, [sys.executable, script, mp], os.path.join(tmp, "minimal.log"))
+    mp = os.path.join(tmp, name)
+    return Daemon(name, mp, [sys.executable, script, mp, *map(str, args)],
+                  os.path.join(tmp, name + ".log"), env={"MINIMAL_PAGE_CACHE": "1"}
+                  if page_cache else None)
 
 
 def safe_rmtree(path):
@@ -477,6 +496,51 @@ def top_first_frame(mp) -> float:
     return took
 
 
+def top_screen(mp, cols=80, lines=24) -> float:
+    """Wall time from starting `kmemfs top MP` on a terminal (a pty of cols x lines) to its
+    first screen (the caches and events panes drawn): what a user waits for. Then `q`."""
+    import pty
+    import struct
+    import termios
+    import fcntl
+    t = perf()
+    pid, fd = pty.fork()
+    if pid == 0:                                     # the child: the pty is its terminal
+        try:
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", lines, cols, 0, 0))
+            os.chdir(B.ROOT)
+            os.execv(sys.executable, [sys.executable, "-m", "kmemfs", "top", mp])
+        finally:
+            os._exit(127)
+    out, took = b"", None
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except OSError:                          # EIO: the child is gone
+                break
+            if not chunk:
+                break
+            out += chunk
+            if b"caches of" in out and b"events" in out:
+                took = perf() - t
+                os.write(fd, b"q")
+                break
+    finally:
+        end = time.monotonic() + 5                   # `q` quits; past 5 s, or failed: kill
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if took is None or time.monotonic() > end:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.02)
+        os.close(fd)
+    if took is None:
+        raise RuntimeError(f"kmemfs top {mp}: no first screen: {out[-300:]!r}")
+    return took
+
+
 def record_period(mp, seconds, tmp) -> tuple:
     """kmemfs record at --interval 0.1 for `seconds`: (median gap between samples, median
     time one sample takes, samples)."""
@@ -600,6 +664,15 @@ def main() -> int:
             dirs = {label: siblings(top, SWEEP_N) for label, top in trees}
             ctl(sw, [f"alloc dentry 1 cg=/{os.path.basename(d)}" for d in dirs["kmemfs"]])
         if "d" in only:
+            # the FUSE floor under the sweep: a minimal pyfuse3 fs, the same tree shape and
+            # timeouts, so the same 4 requests a file (open, read, read at EOF, release)
+            mini = start(minimal_daemon(tmp, "sweep_min", (86400, SWEEP_N, *SWEEP_FILES)))
+            dirs["minimal pyfuse3"] = [mini.p(f"{BENCH_PREFIX}s{i}") for i in range(SWEEP_N)]
+            # and under -o page_cache: the same 2 requests a file (open, release)
+            minpc = start(minimal_daemon(tmp, "sweep_min_pc", (86400, SWEEP_N, *SWEEP_FILES),
+                                         page_cache=True))
+            dirs["minimal pyfuse3, page cache"] = [minpc.p(f"{BENCH_PREFIX}s{i}")
+                                                   for i in range(SWEEP_N)]
             with B.progress(f"(d) sweeps of {SWEEP_N:,} cgroups", rounds_sweep) as p:
                 sweeps = phase_sweep(list(dirs.items()), rounds_sweep, SWEEP_PAUSE, p)
         if "f" in only:
@@ -607,7 +680,10 @@ def main() -> int:
             for label, top in trees:
                 if label == "kmemfs -o page_cache":
                     continue
-                tools[("top", label)] = B.median([top_first_frame(top) for _ in range(3)])
+                tools[("top", label)] = B.median([top_screen(top) for _ in range(3)])
+                tools[("top160", label)] = B.median([top_screen(top, 160, 50)
+                                                     for _ in range(3)])
+                tools[("once", label)] = B.median([top_first_frame(top) for _ in range(3)])
                 tools[("record", label)] = record_period(top, 3.0, tmp)
         if "e" in only:
             finds = {}
@@ -703,14 +779,18 @@ def main() -> int:
             ok = r is not None and target is not None and r <= target
             if target and r is not None and not ok:
                 missed.append(f"(d) sweep, {label}")
+            floor = paired(xs, sweeps["minimal pyfuse3, page cache" if "page" in label
+                                      else "minimal pyfuse3"])
             rows.append([label, B.fmt_time(B.median(xs)),
                          f"{B.median(xs) / (SWEEP_N * len(SWEEP_FILES)) * 1e6:.1f} us",
-                         f"{r:.1f}x" if r else "-", f"<= {target:g}x" if target else "-",
+                         f"{r:.1f}x" if r else "-", f"{floor:.2f}x",
+                         f"<= {target:g}x" if target else "-",
                          B.verdict(ok) if target and r is not None else "-", B.spread(xs)])
         B.table(f"(d) sweep: {len(SWEEP_FILES)} files x {SWEEP_N:,} cgroups, each after "
-                f"{SWEEP_PAUSE} s idle ({rounds_sweep} rounds; ratio to the kernel)",
-                ["contender", "per sweep", "per file", "ratio", "target", "result", "spread"],
-                rows)
+                f"{SWEEP_PAUSE} s idle ({rounds_sweep} rounds; ratios to the kernel and "
+                "to the minimal pyfuse3 fs making the same requests)",
+                ["contender", "per sweep", "per file", "ratio", "x floor", "target", "result",
+                 "spread"], rows)
     if finds:
         rows = []
         for n, res in finds.items():
@@ -729,13 +809,17 @@ def main() -> int:
                 continue
             what, label = key
             on_kmemfs = label == "kmemfs"
-            if what == "top":
+            if what in ("top", "top160"):
                 ok = v <= 0.5
-                rows.append([f"kmemfs top --once, {label}", B.fmt_time(v),
-                             "<= 0.5 s" if on_kmemfs else "-",
+                size = "80x24" if what == "top" else "160x50"
+                rows.append([f"kmemfs top, first screen on a {size} terminal, {label}",
+                             B.fmt_time(v), "<= 0.5 s" if on_kmemfs else "-",
                              B.verdict(ok) if on_kmemfs else "-"])
                 if on_kmemfs and not ok:
-                    missed.append("(f) top first frame")
+                    missed.append(f"(f) top first screen {size}")
+            elif what == "once":
+                rows.append([f"kmemfs top --once (every row, {SWEEP_N + 1:,}), {label}",
+                             B.fmt_time(v), "-", "-"])
             else:
                 gap, took, n = v
                 ok = gap <= 0.1 * 1.1          # the scheduler's slack on a 0.1 s tick

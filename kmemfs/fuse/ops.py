@@ -59,6 +59,12 @@ def _name(raw: bytes) -> str:
     return os.fsdecode(raw)
 
 
+def _cacheable_file(cft) -> bool:
+    """A readable cgroup file (not a control-plane one) whose text depends on the model only:
+    tasks and cgroup.procs list host processes, which come and go without a request."""
+    return cft is not None and cft.read is not None and cft.name not in HOST_FILES
+
+
 def _req(ctx) -> Request:
     return Request(ctx.pid, ctx.uid, ctx.gid) if ctx is not None else Request()
 
@@ -74,7 +80,9 @@ class Operations(pyfuse3.Operations):
         # Control-plane files whose st_size moves on its own (the event log): never cached.
         self.volatile = {fs.special_ino[n] for n, sp in fs.special.items() if hasattr(sp, "size")}
         self.page_cache = page_cache
-        self.cached = {}                         # ino -> the text the kernel's page cache holds
+        # ino -> (fs.version, text): the text the kernel's page cache holds, and the model
+        # version it was rendered at (the same version renders the same text: no re-render)
+        self.cached = {}
         self.open_cached = collections.Counter()   # ino -> open handles reading through it
         self.gone = set()                        # open_cached inodes of removed cgroups
         self.wake = trio.Event()
@@ -122,8 +130,7 @@ class Operations(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ -o page_cache
     def _cacheable(self, ino: int) -> bool:
-        """A readable cgroup file whose text depends on the model only (tasks and
-        cgroup.procs list host processes, which come and go without a request)."""
+        """`ino` is a cacheable cgroup file (_cacheable_file)."""
         if ino & 63 == 0 or ino <= CTL_DIR_INO or ino in self.fs.special_name \
                 or ino in self.fs.private:
             return False
@@ -131,7 +138,7 @@ class Operations(pyfuse3.Operations):
             _, cft = self.fs.resolve(ino)
         except EngineError:
             return False
-        return cft is not None and cft.read is not None and cft.name not in HOST_FILES
+        return _cacheable_file(cft)
 
     def _render(self, ino: int) -> bytes:
         memcg, cft = self.fs.resolve(ino)
@@ -141,8 +148,14 @@ class Operations(pyfuse3.Operations):
         """What the kernel gets for `ino`: the text it was last told about (its st_size
         is this length), rendered now if it was told nothing yet."""
         if ino not in self.cached:
-            self.cached[ino] = self._render(ino)
-        return self.cached[ino]
+            self.cached[ino] = (self.fs.version, self._render(ino))
+        return self.cached[ino][1]
+
+    def _current(self, ino: int) -> bytes:
+        """The text of `ino` at the model's current version: the cached one if the model
+        has not changed since it was rendered (a sweep of an idle tree renders nothing)."""
+        version, text = self.cached.get(ino, (None, None))
+        return text if version == self.fs.version else self._render(ino)
 
     async def _invalidate(self, inos, attr_only: bool) -> None:
         """Drop the kernel's attributes (and page cache) of `inos`. In a thread: dropping
@@ -165,21 +178,15 @@ class Operations(pyfuse3.Operations):
             if ino in self.gone:
                 continue
             try:
-                new = self._render(ino)
+                new = self._current(ino)
             except EngineError:          # its cgroup was removed: reads must reach us (ENODEV)
                 self.gone.add(ino)
                 stale.append(ino)
                 continue
-            if new != self.cached.get(ino):
-                self.cached[ino] = new
+            if new != self.cached[ino][1]:
                 stale.append(ino)
+            self.cached[ino] = (self.fs.version, new)
         await self._invalidate(stale, attr_only=False)
-
-    async def forget(self, inode_list):
-        # The kernel dropped these inodes, and their page cache with them.
-        for ino, _ in inode_list:
-            if ino not in self.open_cached:
-                self.cached.pop(ino, None)
 
     def resolve_fd(self, pid: int, fd: int) -> int:
         """The inode of a client's open fd, found by its path (never by stat: that would call
@@ -207,8 +214,11 @@ class Operations(pyfuse3.Operations):
         return self.entry(self.fs.lookup(parent_inode, name, kernel=True))
 
     async def forget(self, inode_list):
+        # The kernel dropped these inodes, and their page cache with them.
         for ino, n in inode_list:
             self.fs.forget(ino, n)
+            if ino not in self.open_cached:
+                self.cached.pop(ino, None)
 
     @_fuse_errors
     async def getattr(self, inode, ctx=None):
@@ -217,7 +227,7 @@ class Operations(pyfuse3.Operations):
             # were (st_size > 0), so that a read reaches us and fails with ENODEV.
             h = next(h for h in self.fs.handles.values() if h.ino == inode)
             return self.entry(Attr(inode, stat.S_IFREG | h.cft.file_mode,
-                                   size=len(self.cached[inode]), time_ns=self.fs.mtime))
+                                   size=len(self.cached[inode][1]), time_ns=self.fs.mtime))
         return self.entry(self.fs.getattr(inode))
 
     @_fuse_errors
@@ -304,16 +314,16 @@ class Operations(pyfuse3.Operations):
                 (h.cft is not None and h.cft.name in ACTS_FOR_WRITER):
             req.pidfd = _pidfd(req.pid)
         if not (self.page_cache and flags & os.O_ACCMODE == os.O_RDONLY
-                and self._cacheable(inode)):
+                and _cacheable_file(h.cft)):
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         # -o page_cache: the text as of this open; the kernel keeps its pages if unchanged.
         try:
-            new = self._render(inode)
+            new = self._current(inode)
         except BaseException:
             self.fs.release(fh)
             raise
-        old = self.cached.get(inode)
-        self.cached[inode] = new
+        old = self.cached.get(inode, (None, None))[1]
+        self.cached[inode] = (self.fs.version, new)
         h.state["cached"] = True
         self.open_cached[inode] += 1
         if old is None or len(old) != len(new):
