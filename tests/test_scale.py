@@ -323,3 +323,39 @@ def test_page_cache_differences_from_the_kernel(pc, mount_factory):
         f.write("4M")
         f.seek(0)
         assert f.read() == "4194304\n"
+
+
+def test_page_cache_open_renders_only_after_a_change():
+    """-o page_cache, in process (no mount): reopening a file of an unchanged model reuses
+    the text the kernel already holds (keep_cache, no render); a change renders it anew; the
+    kernel's FORGET drops both the inode and its cached text."""
+    import types
+    import trio
+    from kmemfs.fuse import daemon
+    from kmemfs.fuse.ops import Operations
+    fs = daemon.build(Config())
+    root = fs.dir_ino(fs.engine.root)
+    a = fs.lookup(fs.mkdir(root, "a").ino, "memory.kmem.usage_in_bytes").ino
+    ops = Operations(fs, "/nonexistent", page_cache=True)
+    renders = []
+    real = ops._render
+    ops._render = lambda ino: renders.append(ino) or real(ino)
+    ctx = types.SimpleNamespace(pid=os.getpid(), uid=0, gid=0, umask=0)
+
+    async def reopen():
+        fi = await ops.open(a, os.O_RDONLY, ctx)
+        text = await ops.read(fi.fh, 0, 4096)
+        await ops.release(fi.fh)
+        return fi.keep_cache, text
+
+    async def main():
+        await reopen()
+        assert renders == [a]
+        assert await reopen() == (True, b"0\n") and renders == [a]     # nothing changed
+        ctl_fh = fs.open(fs.lookup(fs.lookup(root, ".kmemfs").ino, "ctl").ino)
+        fs.write(ctl_fh, 0, b"alloc dentry 1 cg=/a\n")
+        keep, text = await reopen()
+        assert renders == [a, a] and not keep and text == b"4096\n"
+        await ops.forget([(a, 1)])
+        assert a not in ops.cached
+    trio.run(main)
