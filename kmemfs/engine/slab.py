@@ -43,6 +43,16 @@ class Owner:
         return runs[-1][2] if runs else -1
 
 
+def _give(runs, slab, k: int, seq: int) -> None:
+    """k objects of `slab` to an owner's runs of one cache, allocated at `seq`."""
+    if runs and runs[-1][0] is slab:
+        last = runs[-1]
+        last[1] += k
+        last[2] = seq
+    else:
+        runs.append([slab, k, seq])
+
+
 class ArrayCache:
     """struct array_cache: `avail` objects as runs [slab, count], bottom first; LIFO at the top."""
     __slots__ = ("runs", "avail", "limit", "batchcount", "touched")
@@ -216,11 +226,7 @@ class KmemCache:
             self.holders[owner] = None
 
         def give(slab, k):
-            if runs and runs[-1][0] is slab:
-                runs[-1][1] += k
-                runs[-1][2] = seq
-            else:
-                runs.append([slab, k, seq])
+            _give(runs, slab, k, seq)
 
         done = 0
         if not self.arrays:
@@ -246,6 +252,17 @@ class KmemCache:
             del owner.runs[self]
             del self.holders[owner]
         return done
+
+    def alloc_obj(self, owner: Owner, seq: int, cpu: int = 0) -> Slab:
+        """One object for `owner` when spare(cpu) says no grow is needed (replay's hot path):
+        alloc(1, ...) without its grow and OOM-kill bookkeeping. Returns its slab."""
+        slab = self.alloc_one(None, cpu)
+        runs = owner.runs.get(self)
+        if runs is None:
+            runs = owner.runs[self] = []
+            self.holders[owner] = None
+        _give(runs, slab, 1, seq)
+        return slab
 
     def alloc_one(self, grow, cpu: int = 0):
         """One object held by no owner (an off-slab descriptor): the slab it is in, or None."""
