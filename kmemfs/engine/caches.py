@@ -241,10 +241,14 @@ class CacheOps:
         return n
 
     def free_object(self, cache: KmemCache, owner: Owner, slab) -> bool:
-        """Free one object by identity: the cache copy and slab it was allocated from."""
-        ok = cache.free_obj(owner, slab, self._slab_freed(cache), self.cpu)
-        self._after_free(cache)
-        return ok
+        """Free one object by identity: the cache copy and slab it was allocated from. Into
+        the CPU's array when it has room (replay's hot path: no slab can be freed there)."""
+        if not cache.release(owner, slab):
+            return False
+        if not cache.put_one(slab, self.cpu):
+            cache.put(((slab, 1),), self._slab_freed(cache), self.cpu)
+            self._after_free(cache)
+        return True
 
     def free_named(self, name: str, count: int, memcg: Memcg) -> int:
         """`free CACHE COUNT`: an original name frees the cgroup's objects of it (its copy and

@@ -72,6 +72,15 @@ class ArrayCache:
             runs.append([slab, k])
         self.avail += k
 
+    def pop_one(self):
+        """The top entry's slab: pop_top(1) without its list (every replayed allocation)."""
+        run = self.runs[-1]
+        run[1] -= 1
+        if not run[1]:
+            self.runs.pop()
+        self.avail -= 1
+        return run[0]
+
     def pop_top(self, k: int) -> list:
         """The top k entries, in the order they are popped (newest first)."""
         return self._pop(k, -1)
@@ -148,7 +157,8 @@ class KmemCache:
 
     def spare(self, cpu: int = 0) -> int:
         """Objects an allocation on `cpu` can have without a grow."""
-        return (self.free_objects + self.shared_avail
+        sh = self.shared_array
+        return (self.free_objects + (sh.avail if sh is not None else 0)
                 + (self.arrays[cpu].avail if self.arrays else 0))
 
     def add_slab(self) -> Slab:
@@ -276,7 +286,7 @@ class KmemCache:
         if not ac.avail and not self.refill(ac, grow):
             return None
         ac.touched = True
-        return ac.pop_top(1)[0][0]
+        return ac.pop_one()
 
     def refill(self, ac: ArrayCache, grow) -> bool:
         """cache_alloc_refill up to the final pop: from the shared array, else batchcount
@@ -333,10 +343,10 @@ class KmemCache:
                 ac.push(slab, n)
                 k -= n
 
-    def free_obj(self, owner: Owner, slab: Slab, destroy, cpu: int = 0) -> bool:
-        """Free one of `owner`'s objects that lives on `slab` (kmem_cache_free of a known
-        pointer, for replayed traces), through the CPU's array like any free. False when
-        owner holds none there."""
+    def release(self, owner: Owner, slab: Slab) -> bool:
+        """`owner` lets go of one object it holds on `slab` (kmem_cache_free of a known
+        pointer, for replayed traces); the caller then puts it. False when owner holds none
+        there."""
         runs = owner.runs.get(self)
         if runs:
             for i in range(len(runs) - 1, -1, -1):     # recent objects die first, mostly
@@ -348,8 +358,17 @@ class KmemCache:
                         if not runs:
                             del owner.runs[self]
                             del self.holders[owner]
-                    self.put(((slab, 1),), destroy, cpu)
                     return True
+        return False
+
+    def put_one(self, slab: Slab, cpu: int = 0) -> bool:
+        """put() of one object when the CPU's array has room: no flush, so no slab is freed.
+        False, with nothing done, when put() must flush first (or there are no arrays)."""
+        if self.arrays:
+            ac = self.arrays[cpu]
+            if ac.avail < ac.limit:
+                ac.push(slab, 1)
+                return True
         return False
 
     def flusharray(self, ac: ArrayCache, destroy) -> None:
