@@ -222,13 +222,13 @@ class CacheOps:
     def alloc_object(self, orig: KmemCache, memcg: Memcg, gfp, irq: bool, task, owner,
                      accounted: bool = False):
         """One object, remembered by identity: (cache, slab, None), or (cache, None, Result)
-        when it failed. With a free slot no slab grows, so nothing is charged: that fast path
-        skips alloc's bookkeeping (replay's hot path, scripts/bench_replay.py)."""
+        when it failed. With a free object in the CPU's array, the shared array or a slab no
+        slab grows, so nothing is charged and no task is killed: that fast path skips alloc's
+        bookkeeping (replay's hot path, scripts/bench_trace.py replay)."""
         cache = self._select_cache(orig, memcg, gfp, irq, accounted)
-        if cache.partial or cache.free:
+        if cache.spare(self.cpu):
             self.alloc_seq += 1
-            cache.alloc(1, owner, self.alloc_seq, None)
-            return cache, owner.runs[cache][-1][0], None
+            return cache, cache.alloc_obj(owner, self.alloc_seq, self.cpu), None
         r = self.alloc(orig, 1, memcg, gfp, irq, task, owner, accounted)
         runs = owner.runs.get(r.cache)
         if r.done and runs:
@@ -241,10 +241,14 @@ class CacheOps:
         return n
 
     def free_object(self, cache: KmemCache, owner: Owner, slab) -> bool:
-        """Free one object by identity: the cache copy and slab it was allocated from."""
-        ok = cache.free_obj(owner, slab, self._slab_freed(cache), self.cpu)
-        self._after_free(cache)
-        return ok
+        """Free one object by identity: the cache copy and slab it was allocated from. Into
+        the CPU's array when it has room (replay's hot path: no slab can be freed there)."""
+        if not cache.release(owner, slab):
+            return False
+        if not cache.put_one(slab, self.cpu):
+            cache.put(((slab, 1),), self._slab_freed(cache), self.cpu)
+            self._after_free(cache)
+        return True
 
     def free_named(self, name: str, count: int, memcg: Memcg) -> int:
         """`free CACHE COUNT`: an original name frees the cgroup's objects of it (its copy and

@@ -43,6 +43,16 @@ class Owner:
         return runs[-1][2] if runs else -1
 
 
+def _give(runs, slab, k: int, seq: int) -> None:
+    """k objects of `slab` to an owner's runs of one cache, allocated at `seq`."""
+    if runs and runs[-1][0] is slab:
+        last = runs[-1]
+        last[1] += k
+        last[2] = seq
+    else:
+        runs.append([slab, k, seq])
+
+
 class ArrayCache:
     """struct array_cache: `avail` objects as runs [slab, count], bottom first; LIFO at the top."""
     __slots__ = ("runs", "avail", "limit", "batchcount", "touched")
@@ -61,6 +71,15 @@ class ArrayCache:
         else:
             runs.append([slab, k])
         self.avail += k
+
+    def pop_one(self):
+        """The top entry's slab: pop_top(1) without its list (every replayed allocation)."""
+        run = self.runs[-1]
+        run[1] -= 1
+        if not run[1]:
+            self.runs.pop()
+        self.avail -= 1
+        return run[0]
 
     def pop_top(self, k: int) -> list:
         """The top k entries, in the order they are popped (newest first)."""
@@ -138,7 +157,8 @@ class KmemCache:
 
     def spare(self, cpu: int = 0) -> int:
         """Objects an allocation on `cpu` can have without a grow."""
-        return (self.free_objects + self.shared_avail
+        sh = self.shared_array
+        return (self.free_objects + (sh.avail if sh is not None else 0)
                 + (self.arrays[cpu].avail if self.arrays else 0))
 
     def add_slab(self) -> Slab:
@@ -216,11 +236,7 @@ class KmemCache:
             self.holders[owner] = None
 
         def give(slab, k):
-            if runs and runs[-1][0] is slab:
-                runs[-1][1] += k
-                runs[-1][2] = seq
-            else:
-                runs.append([slab, k, seq])
+            _give(runs, slab, k, seq)
 
         done = 0
         if not self.arrays:
@@ -247,6 +263,17 @@ class KmemCache:
             del self.holders[owner]
         return done
 
+    def alloc_obj(self, owner: Owner, seq: int, cpu: int = 0) -> Slab:
+        """One object for `owner` when spare(cpu) says no grow is needed (replay's hot path):
+        alloc(1, ...) without its grow and OOM-kill bookkeeping. Returns its slab."""
+        slab = self.alloc_one(None, cpu)
+        runs = owner.runs.get(self)
+        if runs is None:
+            runs = owner.runs[self] = []
+            self.holders[owner] = None
+        _give(runs, slab, 1, seq)
+        return slab
+
     def alloc_one(self, grow, cpu: int = 0):
         """One object held by no owner (an off-slab descriptor): the slab it is in, or None."""
         got = []
@@ -259,7 +286,7 @@ class KmemCache:
         if not ac.avail and not self.refill(ac, grow):
             return None
         ac.touched = True
-        return ac.pop_top(1)[0][0]
+        return ac.pop_one()
 
     def refill(self, ac: ArrayCache, grow) -> bool:
         """cache_alloc_refill up to the final pop: from the shared array, else batchcount
@@ -316,10 +343,10 @@ class KmemCache:
                 ac.push(slab, n)
                 k -= n
 
-    def free_obj(self, owner: Owner, slab: Slab, destroy, cpu: int = 0) -> bool:
-        """Free one of `owner`'s objects that lives on `slab` (kmem_cache_free of a known
-        pointer, for replayed traces), through the CPU's array like any free. False when
-        owner holds none there."""
+    def release(self, owner: Owner, slab: Slab) -> bool:
+        """`owner` lets go of one object it holds on `slab` (kmem_cache_free of a known
+        pointer, for replayed traces); the caller then puts it. False when owner holds none
+        there."""
         runs = owner.runs.get(self)
         if runs:
             for i in range(len(runs) - 1, -1, -1):     # recent objects die first, mostly
@@ -331,8 +358,17 @@ class KmemCache:
                         if not runs:
                             del owner.runs[self]
                             del self.holders[owner]
-                    self.put(((slab, 1),), destroy, cpu)
                     return True
+        return False
+
+    def put_one(self, slab: Slab, cpu: int = 0) -> bool:
+        """put() of one object when the CPU's array has room: no flush, so no slab is freed.
+        False, with nothing done, when put() must flush first (or there are no arrays)."""
+        if self.arrays:
+            ac = self.arrays[cpu]
+            if ac.avail < ac.limit:
+                ac.push(slab, 1)
+                return True
         return False
 
     def flusharray(self, ac: ArrayCache, destroy) -> None:

@@ -16,6 +16,7 @@ import bisect
 import errno
 import operator
 import re
+from itertools import islice
 from dataclasses import dataclass, field
 
 from ..engine import Config, Engine, EngineError, catalogue as _catalogue, policy
@@ -239,16 +240,17 @@ class Session:
             else:
                 s.dropped_unmapped += 1
             return
-        e = self.engine
         t = self.tasks.get(pid) or self.task(pid, ev.comm)
+        ptr = ev.ptr
         live = self.live
         if self.refused:
-            self.refused.discard(ev.ptr)
-        if ev.ptr in live:
+            self.refused.discard(ptr)
+        if ptr in live:
             s.reused_live += 1
-            self._free_obj(live.pop(ev.ptr))
+            self._free_obj(live.pop(ptr))
         owner = t.objs
-        cache, slab, r = e.alloc_object(k.orig, t.memcg, k.bits, k.irq, t, owner, k.accounted)
+        cache, slab, r = self.engine.alloc_object(k.orig, t.memcg, k.bits, k.irq, t, owner,
+                                                  k.accounted)
         if r is not None:
             if r.status == "wait" and self.blocked is not None:
                 s.allocs -= 1                 # fed again once the OOM sleep ends
@@ -257,14 +259,13 @@ class Session:
                 self.blocked(r, ev)           # ctl: raises, the write sleeps
             if not r.done:
                 if r.status == "wait":
-                    e.end_oom_wait(r.wait_on)
+                    self.engine.end_oom_wait(r.wait_on)
                 s.failures += 1
-                self.refused.add(ev.ptr)
+                self.refused.add(ptr)
                 if s.first_failure is None:
                     s.first_failure = Failure(ev.seq, ev.time_ns, pid, ev.comm, ev.cache,
                                               cache.name, ev.gfp, ev.call_site, r.status)
                 return
-        size = k.size
         k.done += 1
         charged = cache.orig is not None
         if charged:
@@ -272,22 +273,23 @@ class Session:
         if slab is None:                   # the allocation killed its own task: gone with it
             s.freed_by_kill += 1
             return
+        size = k.size
         if charged:
-            s.live_charged_bytes += size
-            if s.live_charged_bytes > s.peak_live_charged_bytes:
-                s.peak_live_charged_bytes = s.live_charged_bytes
-        s.live_bytes += size
-        if s.live_bytes > s.peak_live_bytes:
-            s.peak_live_bytes = s.live_bytes
+            n = s.live_charged_bytes = s.live_charged_bytes + size
+            if n > s.peak_live_charged_bytes:
+                s.peak_live_charged_bytes = n
+        n = s.live_bytes = s.live_bytes + size
+        if n > s.peak_live_bytes:
+            s.peak_live_bytes = n
         o = _Obj(cache, slab, owner, size, charged)
         if self.pending_free:
-            t0 = self.pending_free.pop(ev.ptr, None)
+            t0 = self.pending_free.pop(ptr, None)
             if t0 is not None and ev.time_ns - t0 <= self.resolution:
                 s.reordered += 1              # its free came first within one clock tick
                 s.unmatched_frees -= 1
                 self._free_obj(o)
                 return
-        live[ev.ptr] = o
+        live[ptr] = o
 
     def finish(self) -> Stats:
         """Fold the per-kind counts into the per-cache ones."""
@@ -321,16 +323,17 @@ class Session:
         if ev.pid in self.killed:
             s.dropped_killed += 1
             return
-        o = self.live.pop(ev.ptr, None)
+        ptr = ev.ptr
+        o = self.live.pop(ptr, None)
         if o is None:
-            if self.refused and ev.ptr in self.refused:
-                self.refused.discard(ev.ptr)
+            if self.refused and ptr in self.refused:
+                self.refused.discard(ptr)
                 s.refused_frees += 1
-            elif ev.ptr:
+            elif ptr:
                 s.unmatched_frees += 1
                 if len(self.pending_free) > 100_000:
                     self.pending_free.clear()
-                self.pending_free[ev.ptr] = ev.time_ns
+                self.pending_free[ptr] = ev.time_ns
             return
         self._free_obj(o)
 
@@ -377,28 +380,32 @@ class Session:
 
 
 _TIME = operator.attrgetter("time_ns")
-_ORDER = operator.attrgetter("time_ns", "seq")
 
 
 def ordered(events, window_ns: int, stats: Stats = None, chunk: int = 4096):
     """Events by (time, file order), each released once an event window_ns later has been
-    read. Sorted in chunks (Timsort is linear on nearly sorted input); a record that arrives
-    after later ones were released is replayed anyway and counted in stats.late."""
-    buf, newest, last, late, due = [], -1, -1, 0, chunk
-    for ev in events:
-        buf.append(ev)
-        if ev.time_ns > newest:
-            newest = ev.time_ns
-        if len(buf) >= due:
-            buf.sort(key=_ORDER)
-            i = bisect.bisect_right(buf, newest - window_ns, key=_TIME)
-            if i:
-                late += bisect.bisect_left(buf, last, hi=i, key=_TIME)
-                last = buf[i - 1].time_ns
-                yield from buf[:i]
-                del buf[:i]
-            due = len(buf) + max(chunk, len(buf))   # amortised: a wide window sorts less often
-    buf.sort(key=_ORDER)
+    read. Read and sorted in chunks (islice and Timsort, which is linear on nearly sorted
+    input: no Python step per event). The sort is stable and what is kept from the last chunk
+    was read before the new one, so sorting by time alone keeps equal times in file order:
+    (time, seq), seq being the position in the file, without a tuple key per event. A record
+    that arrives after later ones were released is replayed anyway and counted in stats.late."""
+    events = iter(events)
+    buf, newest, last, late = [], -1, -1, 0
+    while True:
+        want = max(chunk, len(buf))    # amortised: a wide window (long buffer) sorts less often
+        new = list(islice(events, want))
+        buf += new
+        if len(new) < want:
+            break
+        newest = max(newest, max(map(_TIME, new)))
+        buf.sort(key=_TIME)
+        i = bisect.bisect_right(buf, newest - window_ns, key=_TIME)
+        if i:
+            late += bisect.bisect_left(buf, last, hi=i, key=_TIME)
+            last = buf[i - 1].time_ns
+            yield from buf[:i]
+            del buf[:i]
+    buf.sort(key=_TIME)
     if buf:
         late += bisect.bisect_left(buf, last, key=_TIME)
     yield from buf
