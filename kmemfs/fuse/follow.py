@@ -91,22 +91,30 @@ async def pump(fs, ops, tracer) -> None:
 
 async def _pump(fs, ops, tracer) -> None:
     f = fs.follow
+    m = f.merger
     mono = tracer.clock == "mono"
     next_lost = time.monotonic() + LOST_EVERY
     timeout = TICK
+    held = []              # free text waiting for the allocations before it to be read
     while True:
         with trio.move_on_after(timeout):
             await trio.lowlevel.wait_readable(tracer.alloc_fd)
-        t_read = time.monotonic_ns()
-        # the alloc pipe first: a free's object was allocated (and committed) before it
+        # The free pipe first, then the alloc pipe: every free read has its object's
+        # allocation (committed before it) read by then, so the pre-filter can trust
+        # what was pushed. Once a pipe reads empty, every record stamped before that moment
+        # (less the window: reserve-to-commit) has been read: the watermark.
+        whole_f = _drain(tracer.free_fd, held.append)
+        t_free = time.monotonic_ns()
         whole_a = _drain(tracer.alloc_fd, f.feed_alloc)
-        whole_f = _drain(tracer.free_fd, f.feed_free)
-        m = f.merger
-        upto = t_read if mono else max(m.newest_a, m.newest_f)
+        if whole_a:
+            for data in held:
+                f.feed_free(data)
+            held.clear()
+        upto = t_free if mono else max(m.newest_a, m.newest_f)
+        if not whole_f or held:
+            upto = min(upto, m.newest_f)
         if not whole_a:
             upto = min(upto, m.newest_a)
-        if not whole_f:
-            upto = min(upto, m.newest_f)
         if f.release(upto - f.window_ns):
             fs.after_change()
             ops.kick()

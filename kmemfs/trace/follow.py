@@ -31,7 +31,7 @@ from .merge import Merger
 from .parse import Parser
 from .replay import Session
 
-WINDOW_NS = 5_000_000       # how late a record may be committed after its timestamp (the
+WINDOW_NS = 2_000_000       # how late a record may be committed after its timestamp (the
                             # ring buffer reserves and commits with preemption off: µs)
 LATENCY_SAMPLES = 1 << 16
 
@@ -141,7 +141,8 @@ class Follower:
         self.merger.push(self.alloc_parser.parse_lines(self.alloc_in.lines(data)), None)
 
     def feed_free(self, data: bytes) -> None:
-        """Free text read after the alloc pipe was drained (see Merger.keep_free_lines)."""
+        """Free text read before the alloc pipe was last drained: the allocations of its
+        objects have been pushed (see Merger.keep_free_lines)."""
         lines = self.merger.keep_free_lines(self.free_in.lines(data))
         self.merger.push(None, self.free_parser.parse_lines(lines))
 

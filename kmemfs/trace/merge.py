@@ -130,7 +130,7 @@ class Merger:
             self.newest_f = max(self.newest_f, frees[-1][1])
 
     def keep_free_lines(self, lines) -> list:
-        """Pre-filter free lines read after the allocation pipe was drained (an object's
+        """Pre-filter free lines read before the allocation pipe was last drained (an object's
         allocation is committed before its free, so it has been pushed already)."""
         return keep_free_lines(lines, self.ptr_words, self.pid_words, self.prefiltered)
 
