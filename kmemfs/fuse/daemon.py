@@ -39,6 +39,10 @@ def parse_options(text: str):
         try:
             if key in (FUSE_OPTIONS | ADAPTER_OPTIONS) and not val:
                 fuse.add(key)
+            elif key == "follow_buffer_kb":     # tracefs buffer per CPU and instance
+                if int(val) < 1:
+                    raise ValueError
+                fuse.add(f"{key}={int(val)}")
             elif key == "noswapaccount" and not val:
                 cfg = replace(cfg, swap_account=False)
             elif key == "swapaccount":
@@ -270,14 +274,15 @@ def serve(mountpoint: str, fs: CgroupFS, fuse_opts=(), ready=None, state_file=No
     tracer = None
     if "follow" in fuse_opts:            # before mounting: a refusal leaves nothing behind
         try:
-            tracer = follow.start(fs)
+            tracer = follow.start(fs, follow.buffer_kb(fuse_opts))
         except follow.FollowError as e:
             raise MountError(str(e)) from None
     saved = True
     try:
         ops = Operations(fs, mountpoint, page_cache="page_cache" in fuse_opts)
         opts = set(pyfuse3.default_options) | {"fsname=kmemfs", "subtype=kmemfs"}
-        opts |= set(fuse_opts) - ADAPTER_OPTIONS - {"nonempty"}
+        opts |= {o for o in fuse_opts if not o.startswith("follow_buffer_kb=")} \
+            - ADAPTER_OPTIONS - {"nonempty"}
         pyfuse3.init(ops, mountpoint, opts)
         log.info("mounted kmemfs at %s", mountpoint)
         if ready:

@@ -14,25 +14,38 @@ from ..cgroupfs.host import Host
 from ..trace import capture
 from ..trace.capture import TraceError
 from ..trace.follow import Follower
-from ..trace.live import LiveTracer
+from ..trace.live import DEFAULT_BUFFER_KB, LiveTracer
 
 log = logging.getLogger("kmemfs")
 TICK = 0.02            # seconds: the longest a free waits to be read (the alloc pipe wakes us)
 LOST_EVERY = 1.0       # seconds between looks at the kernel's lost counters
 MAX_DRAIN = 8 << 20    # bytes read from one pipe per round, so requests get their turn
+# Under glibc's mmap threshold (128 KiB): a 1 MiB read buffer is mmap'ed and munmap'ed on
+# every read, and those frees (vm_area_struct, anon_vma_chain) are traced by the free
+# instance: the pipe never reads empty (100k frees/s of our own, a CPU).
+READ_SIZE = 64 << 10
 
 
 class FollowError(Exception):
     pass
 
 
-def start(fs) -> LiveTracer:
+def buffer_kb(fuse_opts) -> int:
+    """-o follow_buffer_kb=N, else live.DEFAULT_BUFFER_KB."""
+    for o in fuse_opts:
+        if o.startswith("follow_buffer_kb="):
+            return int(o.partition("=")[2])
+    return DEFAULT_BUFFER_KB
+
+
+def start(fs, buffer_kb: int = None) -> LiveTracer:
     """Create the instances (nothing is traced until a pid is followed) and hang a Follower
     on the file system. Raises FollowError with a one-line reason."""
     me = os.getpid()
     host = Host()
     try:
-        tracer = LiveTracer(log=lambda msg: log.info("follow: %s", msg)).open()
+        tracer = LiveTracer(buffer_kb or DEFAULT_BUFFER_KB,
+                            log=lambda msg: log.info("follow: %s", msg)).open()
     except TraceError as e:
         raise FollowError(f"-o follow: {e}") from None
     if tracer.clock != "mono":
@@ -62,7 +75,7 @@ def _drain(fd, feed) -> bool:
     n = 0
     while n < MAX_DRAIN:
         try:
-            data = os.read(fd, 1 << 20)
+            data = os.read(fd, READ_SIZE)
         except BlockingIOError:
             return True
         except InterruptedError:
