@@ -19,6 +19,10 @@ options (-o, comma separated):
   noswapaccount       swapaccount=0: no memory.memsw.* files, no memsw charges
   allow_other         let other users in; modes are then enforced (default_permissions)
   nonempty            mount over a directory that is not empty (refused otherwise)
+  follow              (root, tracefs) host pids written to a tasks file get their real slab
+                      allocations charged there live, frees uncharged, forks followed
+                      (docs/trace.md); .kmemfs/config: follow exact | inexact lost=N
+  follow_buffer_kb=N  tracefs buffer per CPU of each follow instance (default 65536)
   page_cache          serve read-only opens of cgroup files through the page cache (about 2x
                       faster sweeps; st_size is non-zero and mmap works, unlike the kernel's
                       files: docs/semantics.md)

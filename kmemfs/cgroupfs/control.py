@@ -252,6 +252,8 @@ class SnapshotFile:
 def _config(fs) -> str:
     rows = fs.engine.config.items() + [("catalogue", fs.engine.catalogue_source),
                                        ("caches", len(fs.engine.originals))]
+    if fs.follow is not None:          # -o follow: exact, or inexact lost=N (docs/trace.md)
+        rows += [("follow", fs.follow.status()), ("follow_stats", fs.follow.stats())]
     return "".join(f"{k} {int(v) if isinstance(v, bool) else v}\n" for k, v in rows)
 
 

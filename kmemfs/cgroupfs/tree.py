@@ -82,6 +82,9 @@ class CgroupFS:
         self.events = {}                     # memcg id -> [Registration]
         self.import_eventfd = None           # set by the adapter: (pid, fd) -> EventFd
         self.resolve_fd = None               # set by the adapter: (pid, fd) -> path in mount
+        # `-o follow` (trace/follow.py Follower): attached(pid) after a tasks write,
+        # follows(pid), status(), stats(); None when not following
+        self.follow = None
         self.seen_event = engine.event_seq
         # The control plane's files: name -> object with mode, read(fs, h), write(fs, h, data, req)
         self.special = dict(special_files or {})
@@ -386,8 +389,14 @@ class CgroupFS:
         """A host process that exited leaves its cgroup, and its anon charges go with it."""
         for pid, t in list(self.engine.tasks.items()):
             if not t.simulated and not self.host.exists(pid):
-                self.engine.exit_task(pid, "host_exit")
+                self._host_exit(pid)
                 self.version += 1
+
+    def _host_exit(self, pid: int) -> None:
+        """A followed process's kernel objects outlive it until the trace shows their frees;
+        another's (what ctl commands allocated for it) go with it."""
+        keep = self.follow is not None and self.follow.follows(pid)
+        self.engine.exit_task(pid, "host_exit", keep_objects=keep)
 
     def tasks_read(self, memcg, threads: bool) -> str:
         self.prune_tasks()
@@ -406,7 +415,7 @@ class CgroupFS:
         given, pid = pid, pid or req.pid
         t = self.engine.tasks.get(pid)
         if t is not None and not t.simulated and not self.host.exists(pid):
-            self.engine.exit_task(pid, "host_exit")
+            self._host_exit(pid)
             t = None
         if t is None and (pid >= 1 << 31 or not self.host.exists(pid)):
             raise EngineError(errno.ESRCH, f"no process {pid}")
@@ -416,6 +425,8 @@ class CgroupFS:
             if euid and (tcred is None or euid not in (tcred[0], tcred[2])):
                 raise EngineError(errno.EACCES, f"euid {euid} may not move pid {pid}")
         self.engine.attach(memcg, pid, comm="" if t else self.host.comm(pid))
+        if self.follow is not None:
+            self.follow.attached(pid)
 
     def writer_euid(self, req: Request) -> int:
         """The writer's euid, read from /proc as it is now (3.3 checks current_cred() at the

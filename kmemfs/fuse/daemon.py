@@ -28,7 +28,7 @@ BOOL_OPTIONS = {"acct_root": "acct_root", "boot_slabs": "boot_slabs",
 INT_OPTIONS = {"charge_batch", "nr_cpus", "page_size", "max_memcgs", "vm_swappiness",
                "event_log_size", "max_tasks", "max_objects"}
 FUSE_OPTIONS = {"allow_other", "nonempty"}   # nonempty is kmemfs's own: see check_mountpoint
-ADAPTER_OPTIONS = {"page_cache"}     # for the FUSE adapter (ops.py), not for libfuse
+ADAPTER_OPTIONS = {"page_cache", "follow"}   # for the adapter (ops.py, follow.py), not libfuse
 
 
 def parse_options(text: str):
@@ -39,6 +39,10 @@ def parse_options(text: str):
         try:
             if key in (FUSE_OPTIONS | ADAPTER_OPTIONS) and not val:
                 fuse.add(key)
+            elif key == "follow_buffer_kb":     # tracefs buffer per CPU and instance
+                if int(val) < 1:
+                    raise ValueError
+                fuse.add(f"{key}={int(val)}")
             elif key == "noswapaccount" and not val:
                 cfg = replace(cfg, swap_account=False)
             elif key == "swapaccount":
@@ -266,33 +270,51 @@ def serve(mountpoint: str, fs: CgroupFS, fuse_opts=(), ready=None, state_file=No
     """Mount and serve until unmounted or SIGTERM/SIGINT; always unmounts (and saves).
     Returns False when the model could not be saved at the end (the daemon then exits 1)."""
     from .ops import Operations
-    ops = Operations(fs, mountpoint, page_cache="page_cache" in fuse_opts)
-    opts = set(pyfuse3.default_options) | {"fsname=kmemfs", "subtype=kmemfs"}
-    opts |= set(fuse_opts) - ADAPTER_OPTIONS - {"nonempty"}
-    pyfuse3.init(ops, mountpoint, opts)
-    log.info("mounted kmemfs at %s", mountpoint)
-    if ready:
-        ready()
+    from . import follow
+    tracer = None
+    if "follow" in fuse_opts:            # before mounting: a refusal leaves nothing behind
+        try:
+            tracer = follow.start(fs, follow.buffer_kb(fuse_opts))
+        except follow.FollowError as e:
+            raise MountError(str(e)) from None
     saved = True
     try:
-        trio.run(_main, fs, state_file, save_interval, ops)
-    finally:
-        if state_file:
-            saved = save(fs, state_file)
-        fs.close()
+        ops = Operations(fs, mountpoint, page_cache="page_cache" in fuse_opts)
+        opts = set(pyfuse3.default_options) | {"fsname=kmemfs", "subtype=kmemfs"}
+        opts |= {o for o in fuse_opts if not o.startswith("follow_buffer_kb=")} \
+            - ADAPTER_OPTIONS - {"nonempty"}
+        pyfuse3.init(ops, mountpoint, opts)
+        log.info("mounted kmemfs at %s", mountpoint)
+        if ready:
+            ready()
         try:
-            pyfuse3.close(unmount=True)
-        except Exception:
-            log.warning("unmount at close failed", exc_info=True)
-        log.info("unmounted %s", mountpoint)
+            trio.run(_main, fs, state_file, save_interval, ops, tracer)
+        finally:
+            if tracer is not None:       # stop tracing first, whatever happened
+                follow.stop(fs, tracer)
+                tracer = None
+            if state_file:
+                saved = save(fs, state_file)
+            fs.close()
+            try:
+                pyfuse3.close(unmount=True)
+            except Exception:
+                log.warning("unmount at close failed", exc_info=True)
+            log.info("unmounted %s", mountpoint)
+    finally:
+        if tracer is not None:           # the mount itself failed
+            follow.stop(fs, tracer)
     return saved
 
 
-async def _main(fs, state_file, save_interval, ops):
+async def _main(fs, state_file, save_interval, ops, tracer=None):
+    from . import follow
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signal, ops)
         if state_file and save_interval > 0:
             nursery.start_soon(_save_every, fs, state_file, save_interval)
+        if tracer is not None:
+            nursery.start_soon(follow.pump, fs, ops, tracer)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 

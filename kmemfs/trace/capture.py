@@ -36,6 +36,7 @@ import time
 from typing import Iterable, Iterator
 
 from . import format as tformat
+from .merge import Merger, keep_free_lines
 from .parse import Parser, ParseStats
 
 ALLOC_EVENTS = ("kmem/kmem_cache_alloc", "kmem/kmalloc", "sched/sched_process_fork",
@@ -45,7 +46,8 @@ CLOCKS = ("mono", "global")          # both count ns and agree across CPUs; firs
 DEFAULT_BUFFER_KB = 128 * 1024       # per CPU and instance
 DEFAULT_FREE_TAIL = 1.0
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-INSTANCE_RE = re.compile(r"^kmemfs_(\d+)_(alloc|free)$")
+# kmemfs trace's, and a following daemon's (live.py)
+INSTANCE_RE = re.compile(r"^kmemfs_(\d+)_(alloc|free|follow_alloc|follow_free)$")
 READ_CHUNK = 1 << 20
 
 
@@ -74,6 +76,9 @@ def _mounted_tracefs() -> Iterator[str]:
         return
 
 
+PRIVATE_PREFIX = "kmemfs_tracefs_"   # private tracefs mounts: tempdir/kmemfs_tracefs_*
+
+
 class Tracefs(contextlib.AbstractContextManager):
     """A usable tracefs: an existing mount, else one mounted at a private directory (and
     unmounted on exit)."""
@@ -86,8 +91,13 @@ class Tracefs(contextlib.AbstractContextManager):
         for p in itertools.chain(TRACEFS_CANDIDATES, _mounted_tracefs()):
             if _is_tracefs(p):
                 self.path = p
+                # A private mount a SIGKILLed kmemfs left behind: adopt it, so it is
+                # unmounted on exit (umount fails harmlessly while another user holds it)
+                if os.path.dirname(p) == tempfile.gettempdir() and \
+                        os.path.basename(p).startswith(PRIVATE_PREFIX):
+                    self._mounted = p
                 return self
-        d = tempfile.mkdtemp(prefix="kmemfs_tracefs_")
+        d = tempfile.mkdtemp(prefix=PRIVATE_PREFIX)
         r = subprocess.run(["mount", "-t", "tracefs", "nodev", d], capture_output=True,
                            text=True)
         if r.returncode != 0 or not _is_tracefs(d):
@@ -539,19 +549,7 @@ def free_filter(allocs: list[tformat.Event], root_pid: int):
     dropped = [0]
 
     def keep(lines):
-        out = []
-        for line in lines:
-            i = line.find(" ptr=", 40)
-            if i < 0 or line[16:17] != "-":
-                out.append(line)
-                continue
-            j = line.find(" ", i + 5)
-            if (line[i + 5:j] if j > 0 else line[i + 5:]) in ptrs or \
-                    line[17:line.find(" ", 17)] in pids:
-                out.append(line)
-            else:
-                dropped[0] += 1
-        return out
+        return keep_free_lines(lines, ptrs, pids, dropped)
     keep.dropped = dropped
     return keep
 
@@ -581,85 +579,12 @@ def _sorted(events: Iterable[tformat.Event], window_ns: int,
 def merge(allocs: Iterable[tformat.Event], frees: Iterable[tformat.Event],
           root_pid: int, window_ns: int = 1_000_000_000, stats: dict | None = None
           ) -> Iterator[tformat.Event]:
-    """Merge the tree's allocations (+fork/exit) with the system-wide frees into one time-ordered
-    stream, keeping only frees that matter: of an object the tree allocated, or done by a task of
-    the tree (an object from before the trace: replay counts those). Events with the same
-    (microsecond) time from the two instances are interleaved pointer-aware: a free whose object is
-    live goes first (its slot is then reused by the alloc), a free of an object allocated in the
-    same microsecond goes after that alloc. Renumbers seq."""
+    """The tree's allocations (+fork/exit) and the system-wide frees of a whole capture, in
+    one time-ordered stream of the frees that matter (merge.Merger). Renumbers seq."""
     stats = stats if stats is not None else {}
-    live: set[int] = set()
-    tree = {root_pid}
-    dropped = 0
-    a_it = _sorted(allocs, window_ns)
-    f_it = _sorted(frees, window_ns)
-    seq = 0
-    new = tuple.__new__
-    Event = tformat.Event
-    a = next(a_it, None)
-    f = next(f_it, None)
-    while a is not None or f is not None:
-        if f is None or (a is not None and a[1] < f[1]):        # [1]: time_ns
-            if a[3] == "alloc":
-                live.add(a[5])
-            elif a[3] == "fork":
-                tree.add(a[12])
-            yield new(Event, (seq,) + a[1:])
-            seq += 1
-            a = next(a_it, None)
-        elif a is None or f[1] < a[1]:
-            if f[5] in live:
-                live.discard(f[5])
-            elif f[2] not in tree:
-                dropped += 1
-                f = next(f_it, None)
-                continue
-            yield new(Event, (seq,) + f[1:])
-            seq += 1
-            f = next(f_it, None)
-        else:                               # both instances at one microsecond
-            t = a[1]
-            group_a, group_f = [], []
-            while a is not None and a[1] == t:
-                group_a.append(a)
-                a = next(a_it, None)
-            while f is not None and f[1] == t:
-                group_f.append(f)
-                f = next(f_it, None)
-            for ev in _interleave(group_a, group_f, live, tree):
-                if ev is None:
-                    dropped += 1
-                    continue
-                yield new(Event, (seq,) + ev[1:])
-                seq += 1
-    stats["frees_dropped"] = stats.get("frees_dropped", 0) + dropped
-
-
-def _interleave(group_a, group_f, live, tree):
-    """One microsecond's events of both instances, in a consistent order (see merge); None
-    for a free that does not matter."""
-    pending_alloc = {ev.ptr for ev in group_a if ev.op == "alloc"}
-    i = j = 0
-    while i < len(group_a) or j < len(group_f):
-        fr = group_f[j] if j < len(group_f) else None
-        al = group_a[i] if i < len(group_a) else None
-        if fr is not None and (al is None or fr.ptr in live or fr.ptr not in pending_alloc):
-            j += 1
-            if fr.ptr in live:
-                live.discard(fr.ptr)
-                yield fr
-            elif fr.pid in tree:
-                yield fr
-            else:
-                yield None
-            continue
-        i += 1
-        if al.op == "alloc":
-            pending_alloc.discard(al.ptr)
-            live.add(al.ptr)
-        elif al.op == "fork":
-            tree.add(al.child)
-        yield al
+    m = Merger((root_pid,))
+    yield from m.merge(_sorted(allocs, window_ns), _sorted(frees, window_ns))
+    stats["frees_dropped"] = stats.get("frees_dropped", 0) + m.dropped
 
 
 def _write_trace(output: str, header: tformat.Header, spool_dir: str, log) -> None:

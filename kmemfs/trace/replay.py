@@ -83,6 +83,7 @@ class Stats:
     dropped_memcg_only: int = 0   # today's memcg bookkeeping (obj_exts): not in the series
     dropped_unmapped: int = 0     # larger than the largest size-N
     dropped_killed: int = 0       # events of tasks the model killed
+    dropped_unfollowed: int = 0   # follow: allocations of a task no longer followed
     freed_by_kill: int = 0        # objects the model freed when it killed their task
     killed: list = field(default_factory=list)   # [(trace pid, comm)]
     failures: int = 0
@@ -128,6 +129,10 @@ class Session:
         self.seen_event = engine.event_seq
         self.resolution = header.time_resolution_ns if header is not None else 1000
         self.blocked = None        # ctl: a Blocked-raising hook for status "wait"
+        # follow (trace/follow.py): (pid, comm, memcg or None) -> the engine task a traced pid
+        # charges as (a host task of the tree), or None to drop its events; None: simulated
+        # tasks spawned in self.memcg
+        self.resolve = None
         self.handlers = {"alloc": self._alloc, "free": self._free, "fork": self._fork,
                          "exit": self._exit}
         self.timeline = []         # run(step_ns=N): (ns since start, live charged, kmem usage)
@@ -143,7 +148,12 @@ class Session:
         t = self.tasks.get(pid)
         if t is not None and t.pid in self.engine.tasks:
             return t
-        t, _ = self.engine.spawn(memcg or self.memcg, recipe=(), comm=comm or "traced")
+        if self.resolve is not None:
+            t = self.resolve(pid, comm, memcg)
+            if t is None:
+                return None
+        else:
+            t, _ = self.engine.spawn(memcg or self.memcg, recipe=(), comm=comm or "traced")
         self.tasks[pid] = t
         self.trace_pid[t.pid] = pid
         return t
@@ -155,6 +165,8 @@ class Session:
             self.stats.dropped_killed += 1
             return
         parent = self.task(ev.pid, ev.comm)
+        if parent is None:                        # follow: not a followed task
+            return
         old = self.tasks.pop(ev.child, None)      # pid reuse: the old task exited unseen
         if old is not None and old.pid in self.engine.tasks:
             self.engine.exit_task(old.pid, keep_objects=True)
@@ -241,6 +253,9 @@ class Session:
                 s.dropped_unmapped += 1
             return
         t = self.tasks.get(pid) or self.task(pid, ev.comm)
+        if t is None:                             # follow: not a followed task
+            s.dropped_unfollowed += 1
+            return
         ptr = ev.ptr
         live = self.live
         if self.refused:
