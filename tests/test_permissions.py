@@ -35,7 +35,7 @@ def public_mount():
 
 
 def test_other_users_read_but_cannot_write(public_mount):
-    """spec 8.1 Modes: 0644 files are readable by all, writable by the owner (root) only;
+    """3.3.8 kernel/cgroup.c cgroup_file_mode: 0644 files are readable by all, writable by the owner (root) only;
     ctl is 0600; the cgroup directories are root's 0755."""
     m = public_mount(options=["allow_other"])
     sh(f"mkdir {m.path}/a", check=True)

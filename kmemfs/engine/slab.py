@@ -1,7 +1,7 @@
-"""The SLAB allocator of 3.3 (mm/slab.c) as far as accounting can see it (spec 2.1, 3.3-3.5).
+"""The SLAB allocator of 3.3 (mm/slab.c) as far as accounting can see it (05/10 kmem_getpages, kmem_freepages).
 
 A cache holds slabs of `num` objects on `pagesperslab` pages, on three lists (partial, full,
-free; the full list is implicit). Only a grow charges (the slow path, spec 2.1). Objects are
+free; the full list is implicit). Only a grow charges (the slow path, 05/10 kmem_getpages). Objects are
 counted, not materialised: an owner remembers runs of (slab, count), so N objects cost
 O(slabs touched), not O(N).
 

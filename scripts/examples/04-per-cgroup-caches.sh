@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Per-cgroup kmem_caches (spec 3.1-3.4): the first allocation of a type by a cgroup creates
+# Per-cgroup kmem_caches (05/10 mem_cgroup_get_kmem_cache): the first allocation of a type by a cgroup creates
 # its copy, named orig(basename), newest first in slabinfo. A GFP_KERNEL allocation creates it
 # at once; a GFP_NOFS one queues the creation and is served, unaccounted, from the global cache
 # until the workqueue runs. Copies use the basename only, so names can repeat.
