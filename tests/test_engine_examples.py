@@ -1,7 +1,8 @@
-"""Worked examples, one per feature of the seed cover letter ("[PATCH 00/10] memcg: Kernel Memory Accounting.", 27 Feb 2012).
-Every number follows from the test catalogue's geometry (tests/engine_helpers.py):
-dentry 192 B x20 per 1-page slab, inode_cache 552 B x7 per 1-page slab, task_struct 1584 B
-x5 per 2-page slab, size-128 x30 per page; a first fork in a cgroup grows 14 pages."""
+"""Worked examples, one per feature of the seed cover letter ("[PATCH 00/10] memcg: Kernel Memory
+Accounting.", 27 Feb 2012). Every number follows from the test catalogue's geometry
+(tests/engine_helpers.py): dentry 192 B x20 per 1-page slab, inode_cache 552 B x7 per 1-page slab,
+task_struct 1584 B x5 per 2-page slab, size-128 x30 per page; a first fork in a cgroup grows 14
+pages."""
 import errno
 
 import pytest
@@ -151,8 +152,9 @@ def test_per_cgroup_cache_creation_and_naming():
 
 def test_dead_caches_after_rmdir_and_their_destruction():
     """Cover letter: "On cgroup deletion, the accounting gets moved to the root cgroup and any
-    existing cgroup kmem_cache gets "dead" appended to its name ... The dead caches get
-    removed once they no longer have any active objects in them" (02/10 memcg_kmem_move; 05/10 memcg_slab_move, kmem_cache_drop_ref; 08/10).
+    existing cgroup kmem_cache gets "dead" appended to its name ... The dead caches get removed
+    once they no longer have any active objects in them" (02/10 memcg_kmem_move; 05/10
+    memcg_slab_move, kmem_cache_drop_ref; 08/10).
 
     With ACCT_ROOT: bar holds 10 files (1 dentry page + 2 inode pages) and 45 size-128
     objects (2 pages): 5 pages move to root's kmem and res at rmdir."""
@@ -199,8 +201,8 @@ def test_dead_caches_without_acct_root_forget_the_kmem():
 
 
 def test_noaccount_allocations_are_not_charged():
-    """Patch 04/10 "Introduce __GFP_NOACCOUNT" (05/10 mem_cgroup_get_kmem_cache): the allocation uses the
-    original cache and is never charged to the cgroup; with ACCT_ROOT root pays."""
+    """Patch 04/10 "Introduce __GFP_NOACCOUNT" (05/10 mem_cgroup_get_kmem_cache): the allocation
+    uses the original cache and is never charged to the cgroup; with ACCT_ROOT root pays."""
     for acct_root in (False, True):
         e = make_engine(acct_root=acct_root)
         foo = e.mkdir(e.root, "foo")

@@ -1,10 +1,10 @@
 """End-to-end tests of the mounted cgroup filesystem: a real kmemfs is mounted (FUSE) and
 driven with cat/echo/mkdir/rmdir/mv/ls and os calls, as a user of a 3.3 memcg would.
 
-The rules and their sources are in docs/semantics.md; each test names its source: patch
-01/10 (the series' kmem files), 09/10 (memory.kmem.slabinfo), 3.3.8 mm/memcontrol.c and
-kernel/cgroup.c (the memcg v1 baseline). The `kernel` tests run one shell script of shared rules against kmemfs and against
-the real cgroup v1 memory controller and compare the outputs.
+The rules and their sources are in docs/semantics.md; each test names its source: patch 01/10 (the
+series' kmem files), 09/10 (memory.kmem.slabinfo), 3.3.8 mm/memcontrol.c and kernel/cgroup.c (the
+memcg v1 baseline). The `kernel` tests run one shell script of shared rules against kmemfs and
+against the real cgroup v1 memory controller and compare the outputs.
 """
 import contextlib
 import errno
@@ -230,7 +230,7 @@ def test_hidden_control_dir(mnt):
     assert stat.S_ISDIR(os.stat(mnt.p(".kmemfs")).st_mode)
 
 
-# ------------------------------------------------------------------ 2. write parsing (3.3.8 kernel/cgroup.c)
+# ------------------------------------------------------------------ 2. write parsing (3.3.8)
 # u64 files (cgroup_write_X64): file -> (accepts(v), rendering of v once written)
 def _bit(v):
     return f"{int(bool(v))}\n"
@@ -262,11 +262,11 @@ U64_CASES = [
 @pytest.mark.parametrize("data,parsed", U64_CASES, ids=[repr(c[0])[:20] for c in U64_CASES])
 @pytest.mark.parametrize("name", sorted(U64_FILES))
 def test_u64_write_parsing(shared, name, data, parsed):
-    """3.3.8 cgroup_write_X64, u64 writes: >= 64 bytes E2BIG, whitespace stripped, strtoull
-    base 0 (0x hex, leading-0 octal), trailing junk EINVAL, no sign. Then each handler's
-    range (3.3.8 mem_cgroup_*_write: use_hierarchy/oom_control 0|1, swappiness <= 100,
-    move_charge < 4; 01/10 independent_kmem_limit, and notify_on_release / clone_children, store !!val).
-    A refused write leaves the value as it was."""
+    """3.3.8 cgroup_write_X64, u64 writes: >= 64 bytes E2BIG, whitespace stripped, strtoull base 0
+    (0x hex, leading-0 octal), trailing junk EINVAL, no sign. Then each handler's range (3.3.8
+    mem_cgroup_*_write: use_hierarchy/oom_control 0|1, swappiness <= 100, move_charge < 4; 01/10
+    independent_kmem_limit, and notify_on_release / clone_children, store !!val). A refused write
+    leaves the value as it was."""
     cg = fresh(shared)
     path = os.path.join(cg, name)
     before = read(path)
@@ -282,9 +282,9 @@ def test_u64_write_parsing(shared, name, data, parsed):
 
 
 def test_u64_zero_byte_write(shared):
-    """3.3.8 kernel/cgroup.c: a u64 write of 0 bytes gives EINVAL (cgroup_write_X64 `if (!nbytes)`).
-    FUSE never forwards a zero-byte write(2) (the kernel returns 0 itself), so through the
-    mount it is a no-op; the rule itself holds in the cgroupfs layer."""
+    """3.3.8 kernel/cgroup.c: a u64 write of 0 bytes gives EINVAL (cgroup_write_X64 `if
+    (!nbytes)`). FUSE never forwards a zero-byte write(2) (the kernel returns 0 itself), so
+    through the mount it is a no-op; the rule itself holds in the cgroupfs layer."""
     from kmemfs.fuse.daemon import build
     from kmemfs.engine import Config, EngineError
     fs = build(Config(boot_slabs=False))
@@ -345,8 +345,8 @@ def test_memparse_write_parsing(shared, name, data, want):
 
 
 def test_limit_llong_max_rounds_above_memsw_limit(shared):
-    """3.3.8 res_counter_memparse_write_strategy, mem_cgroup_write: "9223372036854775807" rounds up above LLONG_MAX and then fails
-    the memsw check (EINVAL); only "-1" gives exactly unlimited."""
+    """3.3.8 res_counter_memparse_write_strategy, mem_cgroup_write: "9223372036854775807" rounds
+    up above LLONG_MAX and then fails the memsw check (EINVAL); only "-1" gives exactly unlimited."""
     cg = fresh(shared)
     path = os.path.join(cg, "memory.limit_in_bytes")
     assert write(path, b"1G") == 0
@@ -405,7 +405,8 @@ def test_tcp_files_as_3_3_has_them(mount_factory):
 
 
 def test_memsw_limit_must_stay_above_memory_limit(shared):
-    """3.3.8 mem_cgroup_resize_limit, mem_cgroup_resize_memsw_limit: memsw limit < memory.limit EINVAL; memory.limit > memsw limit EINVAL."""
+    """3.3.8 mem_cgroup_resize_limit, mem_cgroup_resize_memsw_limit: memsw limit < memory.limit
+    EINVAL; memory.limit > memsw limit EINVAL."""
     cg = fresh(shared)
     lim, memsw = os.path.join(cg, "memory.limit_in_bytes"), \
         os.path.join(cg, "memory.memsw.limit_in_bytes")
@@ -465,7 +466,8 @@ TRIGGERS = ["memory.failcnt", "memory.max_usage_in_bytes", "memory.memsw.failcnt
 @pytest.mark.parametrize("name", TRIGGERS)
 def test_triggers_accept_any_content(shared, name):
     """3.3.8 mem_cgroup_reset: failcnt / max_usage_in_bytes (and memsw's) are triggers whose
-    content is ignored; mem_cgroup_force_empty_write: force_empty takes any write (on a cgroup without tasks or children)."""
+    content is ignored; mem_cgroup_force_empty_write: force_empty takes any write (on a cgroup
+    without tasks or children)."""
     cg = fresh(shared)
     for data in (b"0", b"abc", b"\n", b"-5", b"x" * 100, b"1.5G"):
         assert write(os.path.join(cg, name), data) == 0, data
@@ -485,7 +487,8 @@ def test_max_usage_trigger_resets_to_usage(shared):
 
 
 def test_force_empty_is_write_only(shared):
-    """3.3.8 mem_cgroup_files[], cgroup_file_mode: memory.force_empty is W only (mode 0200): reading it is EINVAL."""
+    """3.3.8 mem_cgroup_files[], cgroup_file_mode: memory.force_empty is W only (mode 0200):
+    reading it is EINVAL."""
     cg = fresh(shared)
     assert errno_of(read, os.path.join(cg, "memory.force_empty")) == EINVAL
     r = sh(f"cat {cg}/memory.force_empty")
@@ -506,7 +509,8 @@ def test_read_only_files_refuse_writes(shared, name):
 
 
 def test_event_control_is_write_only_and_parsed(shared):
-    """3.3.8 cgroup_write_event_control: cgroup.event_control (0222) takes "<event_fd> <fd> [args]"; junk EINVAL."""
+    """3.3.8 cgroup_write_event_control: cgroup.event_control (0222) takes "<event_fd> <fd>
+    [args]"; junk EINVAL."""
     cg = fresh(shared)
     path = os.path.join(cg, "cgroup.event_control")
     assert errno_of(read, path) == EINVAL
@@ -551,8 +555,8 @@ def test_release_agent_is_never_run(mnt, tmp_path):
 
 
 def test_use_hierarchy_rules(mount_factory):
-    """3.3.8 mem_cgroup_hierarchy_write: only 0/1; EBUSY with children (for 0 as well); EINVAL when
-    the parent has use_hierarchy=1; root may change it while it has no children; children
+    """3.3.8 mem_cgroup_hierarchy_write: only 0/1; EBUSY with children (for 0 as well); EINVAL
+    when the parent has use_hierarchy=1; root may change it while it has no children; children
     copy the parent's value at creation (mem_cgroup_create)."""
     m = mount_factory()
     assert write(m.p("memory.use_hierarchy"), b"2") == EINVAL
@@ -570,7 +574,8 @@ def test_use_hierarchy_rules(mount_factory):
 
 
 def test_use_hierarchy_ebusy_with_children(shared):
-    """3.3.8 mem_cgroup_hierarchy_write: use_hierarchy may change only while the cgroup has no children."""
+    """3.3.8 mem_cgroup_hierarchy_write: use_hierarchy may change only while the cgroup has no
+    children."""
     cg = fresh(shared)
     path = os.path.join(cg, "memory.use_hierarchy")
     assert write(path, b"1") == 0
@@ -605,8 +610,8 @@ def test_swappiness_rules(shared):
 
 
 def test_oom_control_rules(shared):
-    """3.3.8 mem_cgroup_oom_control_write: only 0/1 (2 EINVAL); root EINVAL; EINVAL if the parent uses
-    hierarchy, or this cgroup uses hierarchy and has children; two-line read format."""
+    """3.3.8 mem_cgroup_oom_control_write: only 0/1 (2 EINVAL); root EINVAL; EINVAL if the parent
+    uses hierarchy, or this cgroup uses hierarchy and has children; two-line read format."""
     cg = fresh(shared)
     path = os.path.join(cg, "memory.oom_control")
     assert read(path) == "oom_kill_disable 0\nunder_oom 0\n"
@@ -638,8 +643,8 @@ def test_move_charge_rules(shared):
 
 
 def test_children_inherit_settings(shared):
-    """3.3.8 mem_cgroup_create: children copy use_hierarchy, swappiness and oom_kill_disable
-    from the parent but NOT move_charge_at_immigrate (3.3 sets 0); 01/10 memcg_kmem_init: every memcg
+    """3.3.8 mem_cgroup_create: children copy use_hierarchy, swappiness and oom_kill_disable from
+    the parent but NOT move_charge_at_immigrate (3.3 sets 0); 01/10 memcg_kmem_init: every memcg
     starts with independent_kmem_limit=0 (not inherited in this series)."""
     p = fresh(shared)
     for f, v in (("memory.swappiness", b"30"), ("memory.oom_control", b"1"),
@@ -657,7 +662,8 @@ def test_children_inherit_settings(shared):
 
 
 def test_cgroup_core_flags_are_copied_at_creation(shared):
-    """3.3.8 kernel/cgroup.c cgroup_create copies notify_on_release and clone_children from the parent."""
+    """3.3.8 kernel/cgroup.c cgroup_create copies notify_on_release and clone_children from the
+    parent."""
     p = fresh(shared)
     assert write(os.path.join(p, "notify_on_release"), b"1") == 0
     assert write(os.path.join(p, "cgroup.clone_children"), b"1") == 0
@@ -670,7 +676,7 @@ def test_cgroup_core_flags_are_copied_at_creation(shared):
     assert read(os.path.join(q, "kid", "cgroup.clone_children")) == "0\n"
 
 
-# ------------------------------------------------------------------ 3. tree rules (3.3.8 kernel/cgroup.c)
+# ------------------------------------------------------------------ 3. tree rules (3.3.8)
 def test_mkdir_rules(shared):
     """3.3.8 cgroup_mkdir / cgroup_lookup: an existing cgroup or control-file name EEXIST, names
     over NAME_MAX (255 bytes) ENAMETOOLONG, 255 bytes fine; release_agent is a free name
@@ -710,7 +716,7 @@ def test_rmdir_rules(shared):
 
 
 def test_rename_rules(shared):
-    """Not in the spec (A.2 lists mkdir/rmdir only); 3.3 cgroup_rename: within the parent OK
+    """3.3.8 cgroup_rename: within the parent OK
     (the cgroup keeps its settings and children), across parents EIO, onto an
     existing name EEXIST, a control file ENOTDIR."""
     cg = fresh(shared)
@@ -746,8 +752,8 @@ def test_rename_rules(shared):
 
 
 def test_no_regular_files_links_or_nodes(shared):
-    """3.3.8 kernel/cgroup.c: a cgroup directory holds only its control files and child cgroups (3.3
-    cgroupfs has no ->create, ->unlink, ->link, ->symlink or ->mknod): creating a file is
+    """3.3.8 kernel/cgroup.c: a cgroup directory holds only its control files and child cgroups
+    (3.3 cgroupfs has no ->create, ->unlink, ->link, ->symlink or ->mknod): creating a file is
     EACCES, rm / ln / ln -s / mknod / mkfifo are EPERM."""
     cg = fresh(shared)
     assert errno_of(os.open, os.path.join(cg, "newfile"), os.O_CREAT | os.O_WRONLY) == \
@@ -828,9 +834,9 @@ def test_chunked_reads_match_one_read(shared):
 
 
 def test_pread_serves_the_offset_zero_snapshot(shared):
-    """memory.kmem.slabinfo and memory.stat are seq_files: the text is made by the read at offset 0; reads at
-    later offsets serve that snapshot even if usage (kmem.usage_in_bytes, rss)
-    changed in between, until a new read at offset 0."""
+    """memory.kmem.slabinfo and memory.stat are seq_files: the text is made by the read at offset
+    0; reads at later offsets serve that snapshot even if usage (kmem.usage_in_bytes, rss) changed
+    in between, until a new read at offset 0."""
     cg = fresh(shared)
     name = os.path.basename(cg)
     fd = os.open(os.path.join(cg, "memory.kmem.usage_in_bytes"), os.O_RDONLY)
@@ -891,8 +897,8 @@ def test_echo_zero_means_the_writer(shared):
 
 
 def test_tasks_write_parsing_and_esrch(shared):
-    """3.3.8 cgroup_write_X64, attach_task_by_pid: tasks / cgroup.procs are u64 files (base 0, whitespace, E2BIG,
-    junk EINVAL) and an unknown pid is ESRCH."""
+    """3.3.8 cgroup_write_X64, attach_task_by_pid: tasks / cgroup.procs are u64 files (base 0,
+    whitespace, E2BIG, junk EINVAL) and an unknown pid is ESRCH."""
     cg = fresh(shared)
     tasks = os.path.join(cg, "tasks")
     with sleepers() as (p,):
@@ -935,7 +941,8 @@ def test_pid_belongs_to_one_cgroup_and_lists_are_sorted(shared):
 
 
 def test_exited_process_leaves_the_list(shared):
-    """A process that exits drops out of tasks and no longer makes rmdir EBUSY (3.3.8 cgroup_rmdir)."""
+    """A process that exits drops out of tasks and no longer makes rmdir EBUSY (3.3.8
+    cgroup_rmdir)."""
     cg = fresh(shared)
     with sleepers(2) as (p, q):
         for x in (p, q):
@@ -1223,8 +1230,8 @@ def test_shared_rules_match_the_real_kernel(mnt):
 @pytest.mark.skipif(not _kernel_available(),
                     reason="needs root and a cgroup v1 memory controller at /sys/fs/cgroup/memory")
 def test_kernel_and_kmemfs_share_u64_and_memparse_errnos(mnt):
-    """Exact-byte writes (os.write) that the 3.3 grammar (3.3.8 kernel/cgroup.c, res_counter) and the modern kernel
-    answer alike, compared file by file: junk, sign, suffix and range errors."""
+    """Exact-byte writes (os.write) that the 3.3 grammar (3.3.8 kernel/cgroup.c, res_counter) and
+    the modern kernel answer alike, compared file by file: junk, sign, suffix and range errors."""
     cases = [("memory.limit_in_bytes", b"1.5G"), ("memory.limit_in_bytes", b"-2"),
              ("memory.limit_in_bytes", b"1 G"), ("memory.limit_in_bytes", b"-1"),
              ("memory.limit_in_bytes", b"2G\n"), ("memory.soft_limit_in_bytes", b"junk"),

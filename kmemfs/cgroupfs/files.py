@@ -52,7 +52,8 @@ def _counter(name, field):
 
 
 def _limit_write(setter, root_einval=True):
-    """mem_cgroup_write RES_LIMIT: root is refused before the value is parsed (3.3.8 mm/memcontrol.c; 01/10 for kmem)."""
+    """mem_cgroup_write RES_LIMIT: root is refused before the value is parsed (3.3.8
+    mm/memcontrol.c; 01/10 for kmem)."""
     def write(fs, m, s, req):
         if root_einval and m.is_root:
             raise EngineError(errno.EINVAL, "no limits on the root cgroup")

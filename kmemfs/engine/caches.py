@@ -190,7 +190,8 @@ class CacheOps:
 
     def _slab_freed(self, cache: KmemCache):
         def destroy(slab):
-            # kmem_freepages: the cache's memcg pays back, not the freeing task's (05/10 mem_cgroup_uncharge_slab).
+            # kmem_freepages: the cache's memcg pays back, not the freeing task's (05/10
+            # mem_cgroup_uncharge_slab).
             self.memcg_uncharge_kmem(cache.memcg, cache.pages * self.page)
             if slab.mgmt:   # slab_destroy: then kmem_cache_free(slabp_cache, slabp)
                 mcache, mslab = slab.mgmt

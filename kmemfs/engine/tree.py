@@ -43,10 +43,11 @@ class TreeOps:
         self.memcg_kmem_move(memcg)
         self._move_user_pages(memcg)
         if memcg.res.usage:
-            # Left-over res (independent toggled with charges out, docs/semantics.md section 9): the kernel's
-            # loop spins until a signal; we answer as the interrupted loop would.
+            # Left-over res (independent toggled with charges out, docs/semantics.md section 9):
+            # the kernel's loop spins until a signal; we answer as the interrupted loop would.
             raise EngineError(errno.EINTR, f"res usage {memcg.res.usage} never drains "
-                              "(independent_kmem_limit toggled with charges out, docs/semantics.md section 9)")
+                              "(independent_kmem_limit toggled with charges out, "
+                              "docs/semantics.md section 9)")
         if memcg.memsw.parent is not None:       # its never-uncharged kmem stays up there
             memcg.parent.kmem_in_memsw += memcg.kmem_in_memsw
         del memcg.parent.children[memcg.name]
@@ -89,8 +90,8 @@ class TreeOps:
         memcg.kmem_bypassed = 0
         amount = memcg.kmem.usage
         memcg.kmem.usage = 0
-        # 02/10 memcg_kmem_move: ancestors keep the bytes. Book them on the kmem parent only: higher
-        # ancestors already see them inside that parent's usage (check.py sums children).
+        # 02/10 memcg_kmem_move: ancestors keep the bytes. Book them on the kmem parent only:
+        # higher ancestors already see them inside that parent's usage (check.py sums children).
         if memcg.kmem.parent is not None:
             memcg.kmem.parent.owner.kmem_leaked += amount
         if not memcg.independent_kmem_limit:
@@ -124,7 +125,8 @@ class TreeOps:
                         self._uncharge(parent.memsw, gone * self.page, "memsw")
                 self._reparent(memcg, parent)
                 return
-            # ENOMEM from the parent: reclaim here once, then EBUSY (3.3.8 mem_cgroup_force_empty).
+            # ENOMEM from the parent: reclaim here once, then EBUSY (3.3.8
+            # mem_cgroup_force_empty).
             self.reclaim(memcg, memcg.cache_bytes // self.page)
         raise EngineError(errno.EBUSY, "the parent cannot take the remaining pages")
 
@@ -161,11 +163,11 @@ class TreeOps:
         self._move_user_pages(memcg)
         left = memcg.res.usage - (memcg.kmem.usage if not memcg.independent_kmem_limit else 0)
         if left:
-            # The loop's exit test would never hold (or wraps: 02/10's unsigned long usage): it spins
-            # until a signal; we answer as the interrupted loop would.
+            # The loop's exit test would never hold (or wraps: 02/10's unsigned long usage): it
+            # spins until a signal; we answer as the interrupted loop would.
             raise EngineError(errno.EINTR, f"res - kmem = {left}: force_empty cannot finish")
 
-    # ------------------------------------------------------------------ settings (3.3.8 mem_cgroup_write, 01/10)
+    # ------------------------------------------------------------------ settings (3.3.8, 01/10)
     def swappiness(self, memcg: Memcg) -> int:
         return self.config.vm_swappiness if memcg.is_root else memcg.swappiness
 
@@ -208,7 +210,8 @@ class TreeOps:
         memcg.res.soft_limit = val
 
     def set_kmem_limit(self, memcg: Memcg, val: int) -> None:
-        """01/10 + 3.3.8 mem_cgroup_write: root EINVAL, only while independent (EINVAL), EBUSY over usage, no reclaim."""
+        """01/10 + 3.3.8 mem_cgroup_write: root EINVAL, only while independent (EINVAL), EBUSY
+        over usage, no reclaim."""
         if memcg.is_root:
             raise EngineError(errno.EINVAL, "no limits on the root cgroup")
         if not memcg.independent_kmem_limit:
@@ -223,7 +226,8 @@ class TreeOps:
         memcg.tcp.set_limit(min(val, RESOURCE_MAX))
 
     def set_independent(self, memcg: Memcg, val: int) -> None:
-        """01/10 mem_cgroup_independent_kmem_limit_write: no checks at all; the old kmem limit stays."""
+        """01/10 mem_cgroup_independent_kmem_limit_write: no checks at all; the old kmem limit
+        stays."""
         new = bool(val)
         if new != memcg.independent_kmem_limit and (memcg.kmem.usage or memcg.kmem_bypassed):
             memcg.quirks.add("independent_toggled")
