@@ -206,7 +206,7 @@ def write_expect(name: str, is_root: bool, data: bytes, removed: bool):
         if len(data) >= 4096:
             return exact(E.E2BIG, "release_agent >= 4096 bytes"), None
         return exact(None), cstr(data) + b"\n"
-    # "mem": limits (root refused before parsing, spec 1.2), then memparse
+    # "mem": limits (root refused before parsing, 3.3.8 mem_cgroup_write), then memparse
     if len(data) >= 63:
         return exact(E.E2BIG, "string >= 63 bytes"), None
     if is_root and name in ROOT_EINVAL:

@@ -2,8 +2,8 @@
 driven with `echo ... > .kmemfs/ctl`, os calls on one open fd, and `kmemfs ctl`.
 
 Numbers come from the small catalogue tests/data/test.slabinfo mounted with `noboot_slabs`
-(tests/engine_helpers.py: GEOMETRY, slab_bytes, free_limit, FIRST_SPAWN_BYTES); the rules from
-/work/shared/spec/patchset-spec.md sections 1-5.
+(tests/engine_helpers.py: GEOMETRY, slab_bytes, free_limit, FIRST_SPAWN_BYTES); the rules and
+their sources from docs/semantics.md sections 4-11.
 """
 import errno
 import os
@@ -146,8 +146,9 @@ def test_alloc_and_free_result_lines(tm):
 
 
 def test_free_by_original_name_is_newest_first_across_caches(tm):
-    """GFP_NOFS with no copy yet: served by the global cache and a creation is queued (spec
-    3.1); after `workqueue` the copy serves. `free dentry` takes the newest objects first."""
+    """GFP_NOFS with no copy yet: served by the global cache and a creation is queued (05/10
+    mem_cgroup_get_kmem_cache); after `workqueue` the copy serves. `free dentry` takes the newest
+    objects first."""
     os.mkdir(tm.p("a"))
     assert ok(tm, "alloc dentry 3 gfp=GFP_NOFS cg=/a") == \
         "ok alloc cache=dentry count=3 cgroup=/a gfp=GFP_NOFS"
@@ -179,7 +180,8 @@ def test_non_kernel_gfp_first_allocation_uses_global_cache(tm, gfp):
     assert ok(tm, f"alloc inode_cache 1 gfp={gfp} cg=/w") == \
         f"ok alloc cache=inode_cache(w) count=1 cgroup=/w gfp={gfp}"
     assert num(tm, "w", "memory.kmem.usage_in_bytes") == slab_bytes("inode_cache")
-    # NOACCOUNT never uses a copy (spec 2.6); the CLI joins its words into one command.
+    # NOACCOUNT never uses a copy (05/10 mem_cgroup_get_kmem_cache); the CLI joins its words into
+    # one command.
     r = cli(tm, "alloc", "dentry", "5", "gfp=GFP_KERNEL|__GFP_NOACCOUNT", "cg=/w")
     assert r.returncode == 0 and r.stdout == \
         "ok alloc cache=dentry count=5 cgroup=/w gfp=GFP_KERNEL|__GFP_NOACCOUNT\n", r
@@ -343,7 +345,8 @@ def test_exit_of_host_pid_and_overlong_line(tm):
 
 
 def test_enomem_keeps_what_was_allocated(tm):
-    """spec 2.4 independent mode: the kmem limit refuses the 11th slab, no reclaim, no OOM."""
+    """01/10 memcg_charge_kmem, independent mode: the kmem limit refuses the 11th slab, no
+    reclaim, no OOM."""
     os.mkdir(tm.p("a"))
     sh(f"cd {tm.path}/a && echo 1 > memory.kmem.independent_kmem_limit && "
        "echo 40K > memory.kmem.limit_in_bytes", check=True)
@@ -501,7 +504,8 @@ def test_events_of_every_kind(tm):
                                    {"cgroup": "/p", "bytes": "4096"}]
     st = dict(l.split() for l in read(tm.p("p", "memory.stat")).splitlines())
     assert st["kernel_bypassed_memory"] == "0"
-    # uncharge_underflow: charged while independent, uncharged while dependent (spec 1.4)
+    # uncharge_underflow: charged while independent, uncharged while dependent (01/10
+    # memcg_uncharge_kmem)
     os.mkdir(tm.p("u"))
     sh(f"echo 1 > {tm.p('u', 'memory.kmem.independent_kmem_limit')}", check=True)
     ok(tm, "alloc dentry 20 cg=/u")

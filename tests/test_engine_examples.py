@@ -1,7 +1,8 @@
-"""Worked examples, one per feature of the seed cover letter (/work/shared/seed/, spec A0).
-Every number follows from the test catalogue's geometry (tests/engine_helpers.py):
-dentry 192 B x20 per 1-page slab, inode_cache 552 B x7 per 1-page slab, task_struct 1584 B
-x5 per 2-page slab, size-128 x30 per page; a first fork in a cgroup grows 14 pages."""
+"""Worked examples, one per feature of the seed cover letter ("[PATCH 00/10] memcg: Kernel Memory
+Accounting.", 27 Feb 2012). Every number follows from the test catalogue's geometry
+(tests/engine_helpers.py): dentry 192 B x20 per 1-page slab, inode_cache 552 B x7 per 1-page slab,
+task_struct 1584 B x5 per 2-page slab, size-128 x30 per page; a first fork in a cgroup grows 14
+pages."""
 import errno
 
 import pytest
@@ -18,7 +19,7 @@ def stat(engine, memcg):
 def test_independent_kmem_limit_reached():
     """Cover letter: "It's possible to have a limit to the kernel memory by setting
     memory.kmem.independent_kmem_limit to 1 and setting the limit in
-    memory.kmem.limit_in_bytes" (spec 1.2, 1.3, 2.4 independent mode).
+    memory.kmem.limit_in_bytes" (01/10 memcg_charge_kmem, independent mode).
 
     64 KiB = 16 pages of kmem. n files need ceil(n/20) dentry pages + ceil(n/7) inode pages:
     80 files use 4 + 12 = 16 pages; the 81st needs a 5th dentry slab and fails with ENOMEM,
@@ -50,7 +51,7 @@ def test_independent_kmem_limit_reached():
 def test_dependent_mode_reclaim_then_oom():
     """Cover letter: "If memory.kmem.independent_kmem_limit is unset, kernel memory also gets
     counted in the cgroup's memory.usage_in_bytes, and kernel memory allocations may trigger
-    memcg reclaim or OOM" (spec 1.3, 2.4).
+    memcg reclaim or OOM" (01/10; 3.3.8 __mem_cgroup_try_charge).
 
     job: limit 256 pages = 15 (two forks, FIRST_SPAWN_BYTES) + 100 + 120 (anon of worker, hog)
     + 21 page cache. touch(100) needs 5 dentry + 15 inode pages: the first grow reclaims the 21
@@ -123,7 +124,7 @@ def test_per_cgroup_cache_creation_and_naming():
     """Cover letter: "Slab gets accounted per-page, by using per-cgroup kmem_caches that get
     created the first time an allocation of that type is done by that cgroup ... A per-cgroup
     kmem_cache will appear in slabinfo named like its original cache, with the cgroup's name
-    in parenthesis" (spec 3.1, 3.3, 3.4, 5)."""
+    in parenthesis" (05/10 mem_cgroup_get_kmem_cache, memcg_create_kmem_cache; 09/10)."""
     e = make_engine()
     foo = e.mkdir(e.root, "foo")
     size128 = e.kmalloc_cache(100)
@@ -151,8 +152,9 @@ def test_per_cgroup_cache_creation_and_naming():
 
 def test_dead_caches_after_rmdir_and_their_destruction():
     """Cover letter: "On cgroup deletion, the accounting gets moved to the root cgroup and any
-    existing cgroup kmem_cache gets "dead" appended to its name ... The dead caches get
-    removed once they no longer have any active objects in them" (spec 2.8, 3.5, 4.1).
+    existing cgroup kmem_cache gets "dead" appended to its name ... The dead caches get removed
+    once they no longer have any active objects in them" (02/10 memcg_kmem_move; 05/10
+    memcg_slab_move, kmem_cache_drop_ref; 08/10).
 
     With ACCT_ROOT: bar holds 10 files (1 dentry page + 2 inode pages) and 45 size-128
     objects (2 pages): 5 pages move to root's kmem and res at rmdir."""
@@ -184,7 +186,7 @@ def test_dead_caches_after_rmdir_and_their_destruction():
 
 
 def test_dead_caches_without_acct_root_forget_the_kmem():
-    """spec 2.8 "Without the option": a deleted cgroup's remaining kmem disappears from the
+    """08/10 off (its Kconfig default): a deleted cgroup's remaining kmem disappears from the
     books; dead caches' frees uncharge nobody."""
     e = make_engine()
     bar = e.mkdir(e.root, "bar")
@@ -199,8 +201,8 @@ def test_dead_caches_without_acct_root_forget_the_kmem():
 
 
 def test_noaccount_allocations_are_not_charged():
-    """Patch 04/10 "Introduce __GFP_NOACCOUNT" (spec 2.6, 3.1): the allocation uses the
-    original cache and is never charged to the cgroup; with ACCT_ROOT root pays."""
+    """Patch 04/10 "Introduce __GFP_NOACCOUNT" (05/10 mem_cgroup_get_kmem_cache): the allocation
+    uses the original cache and is never charged to the cgroup; with ACCT_ROOT root pays."""
     for acct_root in (False, True):
         e = make_engine(acct_root=acct_root)
         foo = e.mkdir(e.root, "foo")
@@ -215,7 +217,7 @@ def test_noaccount_allocations_are_not_charged():
 
 def test_noio_allocation_fails_where_it_never_failed_before():
     """Cover letter caveat: "a GFP_NOIO slab allocation wouldn't fail, but now it might"
-    (spec 2.4: may_oom is false without __GFP_FS, so at the limit it is -ENOMEM).
+    (01/10 memcg_charge_kmem: may_oom is false without __GFP_FS, so at the limit it is -ENOMEM).
 
     Outside any limit (root) the same GFP_NOIO allocation succeeds; in a dependent cgroup at
     its limit with nothing reclaimable it fails, while a GFP_KERNEL one would OOM-kill."""

@@ -128,8 +128,8 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(i=idx, v=st.sampled_from([0, 1]), careful=st.sampled_from([True, True, False]))
     def set_independent(self, i, v, careful):
-        """Careful toggles avoid the documented hazards (spec 1.4, 2.9 b/d) so that most
-        memcgs stay free of quirks and fully checked; careless ones exercise them."""
+        """Careful toggles avoid the documented hazards (docs/semantics.md sections 6 step 3 and
+        8) so that most memcgs stay free of quirks and fully checked; careless ones exercise them."""
         m = self.pick(i)
         if careful:
             if m.kmem.usage or m.kmem_bypassed or m.kmem_in_res:
@@ -361,9 +361,9 @@ def _setup(mode, limit_pages, warm, acct_root, cache, victims, arrays=False):
        acct_root=st.booleans(), victims=st.integers(0, 2), arrays=st.booleans())
 def test_bulk_alloc_equals_single_allocs(cache, n, gfp, mode, limit_pages, warm, acct_root,
                                          victims, arrays):
-    """spec 2.1: charges follow slab grows only, so allocating N objects in one call leaves the
-    same counters and slab state as N calls of one (stopping at the first failure), including
-    reclaim and OOM kills at the limit, with or without SLAB's array caches (mm/slab.c
+    """05/10 kmem_getpages: charges follow slab grows only, so allocating N objects in one call
+    leaves the same counters and slab state as N calls of one (stopping at the first failure),
+    including reclaim and OOM kills at the limit, with or without SLAB's array caches (mm/slab.c
     ____cache_alloc / cache_alloc_refill)."""
     e1, a1 = _setup(mode, limit_pages, warm, acct_root, cache, victims, arrays)
     r = e1.alloc(e1.cache(cache), n, a1, gfp)

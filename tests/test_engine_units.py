@@ -1,5 +1,5 @@
-"""One test (or a few) per rule of the engine. Each docstring names its source section of
-/work/shared/spec/patchset-spec.md ("spec X.Y")."""
+"""One test (or a few) per rule of the engine. Each docstring names its source (docs/semantics.md
+lists them): a patch of the series ("05/10") or a 3.3.8 file or function."""
 import errno
 import time
 
@@ -42,11 +42,11 @@ def copy_of(e, memcg, name):
     return memcg.slabs.get(e.cache(name).id)
 
 
-# ============================================================== res_counter (spec A.1, 2.2, 2.3)
+# ============================================================== res_counter (3.3.8, 07/10)
 
 def test_res_counter_hierarchical_charge_is_all_or_nothing():
-    """spec A.1 / 1.6: charge walks up the chain; a refusal undoes the lower levels and bumps
-    failcnt only at the refusing level."""
+    """3.3.8 res_counter_charge: charge walks up the chain; a refusal undoes the lower levels and
+    bumps failcnt only at the refusing level."""
     top = ResCounter()
     mid = ResCounter(top)
     low = ResCounter(mid)
@@ -65,7 +65,8 @@ def test_res_counter_hierarchical_charge_is_all_or_nothing():
 
 
 def test_res_counter_uncharge_clamps_at_zero():
-    """spec 2.3 (patch 07/10): uncharge clamps each level at 0 and reports the shortfall."""
+    """Patch 07/10 (res_counter_uncharge_locked): uncharge clamps each level at 0 and reports the
+    shortfall."""
     top = ResCounter()
     low = ResCounter(top)
     low.charge(PAGE)
@@ -76,7 +77,7 @@ def test_res_counter_uncharge_clamps_at_zero():
 
 
 def test_res_counter_set_limit_ebusy_over_usage():
-    """spec 1.2 step 5: res_counter_set_limit refuses a limit below usage with EBUSY."""
+    """3.3.8 res_counter_set_limit refuses a limit below usage with EBUSY."""
     c = ResCounter()
     c.charge(2 * PAGE)
     with raises(errno.EBUSY):
@@ -86,7 +87,7 @@ def test_res_counter_set_limit_ebusy_over_usage():
 
 
 def test_uncharge_underflow_event_when_freed_after_toggle(e):
-    """spec 2.3 / 1.4 (patch 07/10): charged while independent, freed while dependent: res is
+    """01/10 memcg_uncharge_kmem, 07/10: charged while independent, freed while dependent: res is
     uncharged for memory it never held, clamps at 0 and an `uncharge_underflow` event fires."""
     a = e.mkdir(e.root, "a")
     e.set_independent(a, 1)
@@ -102,11 +103,11 @@ def test_uncharge_underflow_event_when_freed_after_toggle(e):
     assert "underflow" in a.quirks
 
 
-# ============================================================== hierarchy and settings (1.6, 8.1)
+# ============================================================== hierarchy and settings (01/10, 3.3.8)
 
 def test_kmem_counter_parent_only_for_hierarchical_non_root_parent(e):
-    """spec 1.6: the kmem counter's parent is the parent's kmem only if the parent has
-    use_hierarchy=1 and is not root; res/memsw follow use_hierarchy alone (3.3)."""
+    """01/10 memcg_kmem_init: the kmem counter's parent is the parent's kmem only if the parent
+    has use_hierarchy=1 and is not root; res/memsw follow use_hierarchy alone (3.3)."""
     e.set_use_hierarchy(e.root, 1)
     a = e.mkdir(e.root, "a")
     assert a.kmem.parent is None
@@ -120,8 +121,8 @@ def test_kmem_counter_parent_only_for_hierarchical_non_root_parent(e):
 
 
 def test_child_kmem_charge_limited_by_ancestor_kmem_limit(e):
-    """spec 1.6: a child's kmem charge also charges non-root ancestors; an ancestor's kmem
-    limit can refuse it (failcnt at that level), and the charge undoes itself."""
+    """01/10 memcg_charge_kmem: a child's kmem charge also charges non-root ancestors; an
+    ancestor's kmem limit can refuse it (failcnt at that level), and the charge undoes itself."""
     p = e.mkdir(e.root, "p")
     e.set_use_hierarchy(p, 1)
     c = e.mkdir(p, "c")
@@ -137,8 +138,9 @@ def test_child_kmem_charge_limited_by_ancestor_kmem_limit(e):
 
 
 def test_use_hierarchy_rules(e):
-    """spec 8.1: use_hierarchy takes 0/1 (else EINVAL), EINVAL under a hierarchical parent,
-    EBUSY with children (even for the same value); root may change it while childless."""
+    """3.3.8 mem_cgroup_hierarchy_write: use_hierarchy takes 0/1 (else EINVAL), EINVAL under a
+    hierarchical parent, EBUSY with children (even for the same value); root may change it while
+    childless."""
     with raises(errno.EINVAL):
         e.set_use_hierarchy(e.root, 2)
     e.set_use_hierarchy(e.root, 1)
@@ -158,8 +160,9 @@ def test_use_hierarchy_rules(e):
 
 
 def test_swappiness_rules_and_inheritance(e):
-    """spec 8.1: swappiness > 100 or on root EINVAL; EINVAL under a hierarchical parent or
-    when hierarchical with children; copied from the parent (root: vm.swappiness) at mkdir."""
+    """3.3.8 mem_cgroup_swappiness_write: swappiness > 100 or on root EINVAL; EINVAL under a
+    hierarchical parent or when hierarchical with children; copied from the parent (root:
+    vm.swappiness) at mkdir."""
     assert e.swappiness(e.root) == 60
     a = e.mkdir(e.root, "a")
     assert a.swappiness == 60
@@ -183,8 +186,8 @@ def test_swappiness_rules_and_inheritance(e):
 
 
 def test_oom_control_rules_and_inheritance(e):
-    """spec 8.1: oom_kill_disable takes 0/1, not on root, same hierarchy locks as swappiness,
-    copied from the parent at mkdir."""
+    """3.3.8 mem_cgroup_oom_control_write: oom_kill_disable takes 0/1, not on root, same hierarchy
+    locks as swappiness, copied from the parent at mkdir."""
     a = e.mkdir(e.root, "a")
     for bad in (2, 7):
         with raises(errno.EINVAL):
@@ -205,7 +208,8 @@ def test_oom_control_rules_and_inheritance(e):
 
 
 def test_move_charge_validation_not_inherited(e):
-    """spec 8.1: move_charge_at_immigrate >= 4 is EINVAL; 3.3 sets it to 0 at creation."""
+    """3.3.8 mem_cgroup_move_charge_write: move_charge_at_immigrate >= 4 is EINVAL; 3.3 sets it to
+    0 at creation."""
     a = e.mkdir(e.root, "a")
     with raises(errno.EINVAL):
         e.set_move_charge(a, 4)
@@ -215,8 +219,9 @@ def test_move_charge_validation_not_inherited(e):
 
 
 def test_independent_flag_not_inherited_and_unchecked(e):
-    """spec 1.4: every memcg starts with independent=0; the flag can change at any time
-    (with children, in root, under a hierarchical parent); writes store !!val."""
+    """01/10 memcg_kmem_init, mem_cgroup_independent_kmem_limit_write: every memcg starts with
+    independent=0; the flag can change at any time (with children, in root, under a hierarchical
+    parent); writes store !!val."""
     e.set_use_hierarchy(e.root, 1)
     a = e.mkdir(e.root, "a")
     e.set_independent(a, 5)
@@ -230,7 +235,8 @@ def test_independent_flag_not_inherited_and_unchecked(e):
 
 
 def test_mkdir_rmdir_errors(e):
-    """spec 8.3: rmdir is EBUSY with tasks or children; the root cannot go; names are unique."""
+    """3.3.8 cgroup_rmdir: rmdir is EBUSY with tasks or children; the root cannot go; names are
+    unique."""
     a = e.mkdir(e.root, "a")
     with raises(errno.EEXIST):
         e.mkdir(e.root, "a")
@@ -248,8 +254,9 @@ def test_mkdir_rmdir_errors(e):
 
 
 def test_memory_limit_rules(e):
-    """spec 8.2: root EINVAL; limit above memsw limit EINVAL; memsw below limit EINVAL;
-    shrinking reclaims page cache, EBUSY when usage cannot fall."""
+    """3.3.8 mem_cgroup_write, mem_cgroup_resize_limit, mem_cgroup_resize_memsw_limit: root
+    EINVAL; limit above memsw limit EINVAL; memsw below limit EINVAL; shrinking reclaims page
+    cache, EBUSY when usage cannot fall."""
     a = e.mkdir(e.root, "a")
     with raises(errno.EINVAL):
         e.set_limit(e.root, PAGE)
@@ -268,10 +275,10 @@ def test_memory_limit_rules(e):
         e.set_limit(a, PAGE)             # anon cannot be reclaimed (no swap)
 
 
-# ============================================================== slab charging (spec 2.1)
+# ============================================================== slab charging (05/10)
 
 def test_charge_only_on_slab_grow(e):
-    """spec 2.1: a charge happens only when a slab grows, for pagesperslab x PAGE_SIZE."""
+    """05/10 kmem_getpages: a charge happens only when a slab grows, for pagesperslab x PAGE_SIZE."""
     a = e.mkdir(e.root, "a")
     dentry = e.cache("dentry")
     e.alloc(dentry, 1, a)
@@ -289,7 +296,7 @@ def test_charge_only_on_slab_grow(e):
 
 
 def test_bulk_alloc_counts_are_per_slab():
-    """spec 2.1 / slab.py: N objects in one call cost O(slabs); counts are exact."""
+    """05/10 kmem_getpages / slab.py: N objects in one call cost O(slabs); counts are exact."""
     e = make_engine()
     a = e.mkdir(e.root, "a")
     n = 1_000_000
@@ -308,7 +315,7 @@ def test_bulk_alloc_counts_are_per_slab():
 
 
 def test_free_limit_keeps_empty_slabs_then_destroys():
-    """spec 3.5 / mm/slab.c free_block: an emptied slab is kept while free_objects <=
+    """3.3.8 mm/slab.c free_block: an emptied slab is kept while free_objects <=
     free_limit = (1+nr_cpus)*batchcount+num; beyond it the slab is destroyed and uncharged."""
     e = make_engine()
     a = e.mkdir(e.root, "a")
@@ -329,7 +336,8 @@ def test_free_limit_keeps_empty_slabs_then_destroys():
 
 
 def test_reap_destroys_all_empty_slabs(e):
-    """spec 3.5 (cache_reap / drain_freelist): reaping frees every empty slab and uncharges."""
+    """3.3.8 mm/slab.c (cache_reap / drain_freelist), 05/10 kmem_freepages: reaping frees every
+    empty slab and uncharges."""
     a = e.mkdir(e.root, "a")
     e.alloc(e.cache("dentry"), 45, a)           # 3 slabs
     e.free_named("dentry", 45, a)
@@ -337,11 +345,12 @@ def test_reap_destroys_all_empty_slabs(e):
     assert e.reap() == 3
     assert a.kmem.usage == 0 and a.res.usage == 0
     assert copy_of(e, a, "dentry").nr_slabs == 0
-    assert copy_of(e, a, "dentry") in e.caches  # a live copy with no slabs stays (3.5)
+    assert copy_of(e, a, "dentry") in e.caches  # a live copy with no slabs stays (05/10)
 
 
 def test_partial_slabs_are_used_before_growing(e):
-    """spec 2.1: objects come from partial slabs first, then free slabs, then a grow."""
+    """3.3.8 cache_alloc_refill, cache_grow: objects come from partial slabs first, then free
+    slabs, then a grow."""
     a = e.mkdir(e.root, "a")
     e.alloc(e.cache("dentry"), 40, a)          # 2 full slabs
     e.free_named("dentry", 25, a)              # newest first: slab 2 empty, slab 1 has 15
@@ -351,11 +360,12 @@ def test_partial_slabs_are_used_before_growing(e):
     assert c.nr_slabs == 2 and c.active_objs == 40 and a.kmem.usage == 2 * PAGE
 
 
-# ============================================================== cache selection (spec 3.1-3.4)
+# ============================================================== cache selection (05/10)
 
 def test_copy_created_synchronously_for_gfp_kernel(e):
-    """spec 3.1, 3.3, 3.4: GFP_KERNEL creates `orig(basename)` at once and is accounted;
-    the copy is id -1, in orig's children, at the head of the global list."""
+    """05/10 mem_cgroup_get_kmem_cache, memcg_create_kmem_cache: GFP_KERNEL creates
+    `orig(basename)` at once and is accounted; the copy is id -1, in orig's children, at the head
+    of the global list."""
     a = e.mkdir(e.root, "a")
     seq = e.event_seq
     r = e.alloc(e.cache("dentry"), 1, a, GFP_KERNEL)
@@ -377,8 +387,9 @@ def test_copy_created_synchronously_for_gfp_kernel(e):
 @pytest.mark.parametrize("gfp", [GFP_NOFS, GFP_NOIO, GFP_ATOMIC, GFP_NOWAIT],
                          ids=["NOFS", "NOIO", "ATOMIC", "NOWAIT"])
 def test_copy_creation_queued_for_non_kernel_gfp(e, gfp):
-    """spec 3.1: without all GFP_KERNEL bits the creation is queued (duplicates dropped) and
-    this allocation is served unaccounted from the global cache until run_workqueue()."""
+    """05/10 mem_cgroup_get_kmem_cache, memcg_create_cache_enqueue: without all GFP_KERNEL bits
+    the creation is queued (duplicates dropped) and this allocation is served unaccounted from the
+    global cache until run_workqueue()."""
     a = e.mkdir(e.root, "a")
     dentry = e.cache("dentry")
     r = e.alloc(dentry, 1, a, gfp)
@@ -394,7 +405,7 @@ def test_copy_creation_queued_for_non_kernel_gfp(e, gfp):
 
 
 def test_queue_flushed_on_any_rmdir(e):
-    """spec 3.1: memcg_slab_move flushes the whole creation queue (all memcgs)."""
+    """05/10 memcg_slab_move flushes the whole creation queue (all memcgs)."""
     a = e.mkdir(e.root, "a")
     b = e.mkdir(e.root, "b")
     e.alloc(e.cache("dentry"), 1, a, GFP_NOFS)
@@ -408,8 +419,9 @@ def test_queue_flushed_on_any_rmdir(e):
 
 @pytest.mark.parametrize("case", ["noaccount", "nofail", "irq", "root", "noaccount_existing"])
 def test_global_cache_cases(e, case):
-    """spec 3.1 / 2.6: __GFP_NOACCOUNT, __GFP_NOFAIL, interrupt context and the root memcg use
-    the original cache: no copy, nothing queued, nothing charged (even if a copy exists)."""
+    """05/10 mem_cgroup_get_kmem_cache, 04/10: __GFP_NOACCOUNT, __GFP_NOFAIL, interrupt context
+    and the root memcg use the original cache: no copy, nothing queued, nothing charged (even if a
+    copy exists)."""
     a = e.mkdir(e.root, "a")
     dentry = e.cache("dentry")
     gfp, irq, memcg = GFP_KERNEL, False, a
@@ -434,7 +446,8 @@ def test_global_cache_cases(e, case):
 
 
 def test_same_basename_gives_identical_copy_names(e):
-    """spec 3.3, 3.4: the name uses the cgroup basename only, so duplicates are possible."""
+    """05/10 memcg_create_kmem_cache ("%s(%s)"), __kmem_cache_create: the name uses the cgroup
+    basename only, so duplicates are possible."""
     x = e.mkdir(e.root, "x")
     y = e.mkdir(e.root, "y")
     fx, fy = e.mkdir(x, "foo"), e.mkdir(y, "foo")
@@ -445,7 +458,8 @@ def test_same_basename_gives_identical_copy_names(e):
 
 
 def test_kmalloc_picks_smallest_size_n(e):
-    """spec 3.1, 3.4: kmalloc(size) uses the smallest non-DMA size-N cache that fits."""
+    """3.3.8 __find_general_cachep, 05/10 __do_kmalloc: kmalloc(size) uses the smallest non-DMA
+    size-N cache that fits."""
     pick = lambda n: e.kmalloc_cache(n).name
     assert [pick(n) for n in (1, 32, 33, 64, 65, 128, 129, 192, 193, 4096)] == [
         "size-32", "size-32", "size-64", "size-64", "size-128", "size-128", "size-192",
@@ -462,7 +476,8 @@ def test_kmalloc_0_is_zero_size_ptr(e):
 
 
 def test_parse_gfp():
-    """spec 2.6: gfp names; one base mask plus modifiers; NOACCOUNT is 0x2000."""
+    """3.3.8 include/linux/gfp.h, 04/10: gfp names; one base mask plus modifiers; NOACCOUNT is
+    0x2000."""
     assert parse_gfp("GFP_KERNEL|__GFP_NOACCOUNT") == GFP_KERNEL | Gfp.NOACCOUNT
     assert int(Gfp.NOACCOUNT) == 0x2000
     assert parse_gfp("__GFP_NORETRY") == GFP_KERNEL | Gfp.NORETRY
@@ -472,17 +487,17 @@ def test_parse_gfp():
         parse_gfp("GFP_BOGUS")
 
 
-# ============================================================== counters by mode (spec 1.3)
+# ============================================================== counters by mode (01/10)
 
 def test_dependent_charges_res_memsw_and_kmem(e):
-    """spec 1.3: independent=0 charges kmem, res and memsw (swap accounting on)."""
+    """01/10 memcg_charge_kmem: independent=0 charges kmem, res and memsw (swap accounting on)."""
     a = e.mkdir(e.root, "a")
     e.alloc(e.cache("task_struct"), 1, a)
     assert (a.kmem.usage, a.res.usage, a.memsw.usage) == (2 * PAGE,) * 3
 
 
 def test_independent_charges_only_kmem(e):
-    """spec 1.3: independent=1 charges only the kmem counter."""
+    """01/10 memcg_charge_kmem: independent=1 charges only the kmem counter."""
     a = e.mkdir(e.root, "a")
     e.set_independent(a, 1)
     e.alloc(e.cache("task_struct"), 1, a)
@@ -490,7 +505,7 @@ def test_independent_charges_only_kmem(e):
 
 
 def test_no_memsw_without_swap_accounting():
-    """spec 1.3 / 8.1: without swap accounting memsw is never charged."""
+    """3.3.8 enable_swap_account (swapaccount=0): without swap accounting memsw is never charged."""
     e = make_engine(swap_account=False)
     a = e.mkdir(e.root, "a")
     e.alloc(e.cache("dentry"), 1, a)
@@ -499,7 +514,7 @@ def test_no_memsw_without_swap_accounting():
 
 
 def test_memsw_charged_but_never_uncharged_for_kmem(e):
-    """spec 2.3 / 2.9 a: kmem uncharge returns res and kmem but not memsw."""
+    """01/10 memcg_uncharge_kmem: kmem uncharge returns res and kmem but not memsw."""
     a = e.mkdir(e.root, "a")
     e.alloc(e.cache("dentry"), 1, a)
     e.free_named("dentry", 1, a)
@@ -509,7 +524,7 @@ def test_memsw_charged_but_never_uncharged_for_kmem(e):
 
 
 def test_root_usage_is_recursive_cache_plus_rss(e):
-    """spec 1.3 / 8.1: root's usage_in_bytes is cache+rss over the whole tree, never kmem."""
+    """3.3.8 mem_cgroup_usage: root's usage_in_bytes is cache+rss over the whole tree, never kmem."""
     a = e.mkdir(e.root, "a")
     b = e.mkdir(a, "b")
     e.charge_user(e.root, "file", 3 * PAGE)
@@ -522,10 +537,11 @@ def test_root_usage_is_recursive_cache_plus_rss(e):
     assert e.root.kmem.usage == 0
 
 
-# ============================================================== kmem limit writes (spec 1.2)
+# ============================================================== kmem limit writes (01/10)
 
 def test_kmem_limit_writable_only_when_independent(e):
-    """spec 1.2: root EINVAL; dependent EINVAL; independent sets it; EBUSY below usage."""
+    """01/10 + 3.3.8 mem_cgroup_write: root EINVAL; dependent EINVAL; independent sets it; EBUSY
+    below usage."""
     a = e.mkdir(e.root, "a")
     assert a.kmem.limit == RESOURCE_MAX
     with raises(errno.EINVAL):
@@ -546,8 +562,8 @@ def test_kmem_limit_writable_only_when_independent(e):
 
 
 def test_independent_limit_fails_without_reclaim_or_oom(e):
-    """spec 1.3 / 2.4: independent: over the kmem limit -> ENOMEM, kmem failcnt++, no reclaim,
-    no OOM, for every gfp."""
+    """01/10 memcg_charge_kmem, independent: over the kmem limit -> ENOMEM, kmem failcnt++, no
+    reclaim, no OOM, for every gfp."""
     a = e.mkdir(e.root, "a")
     t = e.spawn(a)[0]
     e.set_independent(a, 1)
@@ -564,7 +580,7 @@ def test_independent_limit_fails_without_reclaim_or_oom(e):
 
 
 def test_dependent_kmem_charge_fails_on_left_over_limit(e):
-    """spec 2.2 step 3 / 2.9 d: dependent with a left-over kmem limit: the kmem charge fails
+    """01/10 memcg_charge_kmem: dependent with a left-over kmem limit: the kmem charge fails
     after res was charged, and res is not undone."""
     a = e.mkdir(e.root, "a")
     e.set_independent(a, 1)
@@ -576,7 +592,7 @@ def test_dependent_kmem_charge_fails_on_left_over_limit(e):
     assert "kmem_fail_after_res" in a.quirks
 
 
-# ============================================================== dependent mode at the limit (2.4)
+# ============================================================== dependent mode at the limit (3.3.8, 03/10)
 
 def _dependent_at_limit(e, cache_pages=0, tasks=()):
     """`a` with a dentry copy holding one full slab and res exactly at its limit."""
@@ -594,8 +610,8 @@ def _dependent_at_limit(e, cache_pages=0, tasks=()):
 
 
 def test_dependent_limit_reclaims_page_cache(e):
-    """spec 2.4: GFP_KERNEL at the limit reclaims page cache (SWAP_CLUSTER_MAX at least),
-    then the charge succeeds."""
+    """3.3.8 mem_cgroup_do_charge, try_to_free_mem_cgroup_pages: GFP_KERNEL at the limit reclaims
+    page cache (SWAP_CLUSTER_MAX at least), then the charge succeeds."""
     a, _ = _dependent_at_limit(e, cache_pages=40)
     limit = a.res.limit
     r = e.alloc(e.cache("dentry"), 1, a)
@@ -606,8 +622,8 @@ def test_dependent_limit_reclaims_page_cache(e):
 
 
 def test_dependent_limit_oom_kills_task_with_most_rss(e):
-    """spec 2.4 / 8.5: no cache left: after the retries the OOM killer kills the bulkiest
-    task; the charge then succeeds."""
+    """3.3.8 mem_cgroup_handle_oom, oom_badness: no cache left: after the retries the OOM killer
+    kills the bulkiest task; the charge then succeeds."""
     a, (t0, t1, t2) = _dependent_at_limit(e, tasks=(2, 5, 3))
     seq = e.event_seq
     r = e.alloc(e.cache("dentry"), 1, a, task=t0)
@@ -621,7 +637,8 @@ def test_dependent_limit_oom_kills_task_with_most_rss(e):
 
 @pytest.mark.parametrize("gfp", [GFP_NOFS, GFP_NOIO], ids=["NOFS", "NOIO"])
 def test_nofs_noio_reclaim_then_enomem_without_oom(e, gfp):
-    """spec 2.4: NOFS/NOIO (may_oom false) reclaim but end in ENOMEM, never OOM."""
+    """01/10 memcg_charge_kmem (may_oom): NOFS/NOIO (may_oom false) reclaim but end in ENOMEM,
+    never OOM."""
     a, ts = _dependent_at_limit(e, cache_pages=3, tasks=(4,))
     r = e.alloc(e.cache("dentry"), 60, a, gfp)          # 3 new slabs: reclaim makes room
     assert r.ok and r.done == 60 and a.cache_bytes == 0
@@ -634,8 +651,8 @@ def test_nofs_noio_reclaim_then_enomem_without_oom(e, gfp):
 @pytest.mark.parametrize("gfp", [GFP_ATOMIC, GFP_NOWAIT, GFP_KERNEL | Gfp.NORETRY],
                          ids=["ATOMIC", "NOWAIT", "NORETRY"])
 def test_no_wait_or_noretry_fails_at_once(e, gfp):
-    """spec 2.4 / 2.5 c: without __GFP_WAIT (WOULDBLOCK) or with __GFP_NORETRY the charge fails
-    at once: no reclaim, no OOM."""
+    """3.3.8 mem_cgroup_do_charge with 03/10: without __GFP_WAIT (WOULDBLOCK) or with
+    __GFP_NORETRY the charge fails at once: no reclaim, no OOM."""
     a, ts = _dependent_at_limit(e, cache_pages=5, tasks=(2,))
     r = e.alloc(e.cache("dentry"), 1, a, gfp)
     assert r.status == "nomem"
@@ -644,7 +661,7 @@ def test_no_wait_or_noretry_fails_at_once(e, gfp):
 
 
 def test_oom_kill_disable_waits(e):
-    """spec 2.4 / 8.1 / 8.5: with oom_kill_disable=1 the charge waits: status "wait",
+    """3.3.8 mem_cgroup_handle_oom: with oom_kill_disable=1 the charge waits: status "wait",
     under_oom set; raising the limit bumps oom_wake_seq; end_oom_wait clears under_oom."""
     a, (t,) = _dependent_at_limit(e, tasks=(3,))
     e.set_oom_kill_disable(a, 1)
@@ -661,7 +678,8 @@ def test_oom_kill_disable_waits(e):
 
 
 def test_oom_wake_on_disable_and_uncharge(e):
-    """spec 8.1: writing oom_kill_disable 0 wakes waiters; so does usage falling."""
+    """3.3.8 mem_cgroup_oom_control_write, memcg_oom_recover: writing oom_kill_disable 0 wakes
+    waiters; so does usage falling."""
     a, (t,) = _dependent_at_limit(e, tasks=(3,))
     e.set_oom_kill_disable(a, 1)
     assert e.alloc(e.cache("dentry"), 1, a).status == "wait"
@@ -676,8 +694,8 @@ def test_oom_wake_on_disable_and_uncharge(e):
 
 
 def test_under_oom_marks_hierarchical_subtree(e):
-    """spec 8.1 / 2.4: the OOM lock marks the over-limit memcg's hierarchical subtree; the
-    waiter waits on the ancestor that is over its limit."""
+    """3.3.8 mem_cgroup_oom_lock, mem_cgroup_mark_under_oom: the OOM lock marks the over-limit
+    memcg's hierarchical subtree; the waiter waits on the ancestor that is over its limit."""
     p = e.mkdir(e.root, "p")
     e.set_use_hierarchy(p, 1)
     e.set_oom_kill_disable(p, 1)
@@ -692,7 +710,7 @@ def test_under_oom_marks_hierarchical_subtree(e):
     assert (p.under_oom, c.under_oom) == (0, 0)
 
 
-# ============================================================== bypass (spec 2.2 c, 2.7; issue 10 items 2-3)
+# ============================================================== bypass (3.3.8, 07/10; issue 10 items 2-3)
 
 def test_bypass_is_a_failure_on_3_3(e):
     """3.3.8 mm/memcontrol.c __mem_cgroup_try_charge: an OOM kill of the charger leaves
@@ -700,7 +718,7 @@ def test_bypass_is_a_failure_on_3_3(e):
     try_charge()", Kamezawa, 21 Dec 2011, merged for 3.3); 01/10's memcg_charge_kmem returns
     -ENOMEM for any non-zero return (diff in "[PATCH 07/10] memcg: Stop res_counter
     underflows.", 27 Feb 2012), so the slab does not grow and 07/10's ledger never books:
-    kernel_bypassed_memory reads 0. The spec's 2.2 step 2c (success with no memcg) is not
+    kernel_bypassed_memory reads 0. 07/10's comment (a bypass succeeds with no memcg) is not
     what this base does."""
     a, (t,) = _dependent_at_limit(e, tasks=(8,))
     usage, kmem = a.res.usage, a.kmem.usage
@@ -749,11 +767,12 @@ def test_dying_task_bypasses_at_the_top_of_try_charge(e):
     assert [k for k, _ in events(e, since=seq)] == ["bypass"] * 3
 
 
-# ============================================================== rmdir and dead caches (4.1, 3.5)
+# ============================================================== rmdir and dead caches (02/10, 05/10)
 
 def test_rmdir_makes_dead_caches_and_forgets_kmem(e):
-    """spec 4.1 / 3.4: rmdir renames copies `orig(name)dead`, sets memcg None, forgets the
-    kmem usage; frees still work; the dead copy is destroyed once it holds no slab pages."""
+    """02/10 memcg_kmem_move, 05/10 memcg_slab_move: rmdir renames copies `orig(name)dead`, sets
+    memcg None, forgets the kmem usage; frees still work; the dead copy is destroyed once it holds
+    no slab pages."""
     a = e.mkdir(e.root, "a")
     e.alloc(e.cache("dentry"), 30, a)           # 2 slabs
     e.alloc(e.cache("pid"), 1, a)
@@ -775,7 +794,8 @@ def test_rmdir_makes_dead_caches_and_forgets_kmem(e):
 
 
 def test_rmdir_destroys_empty_copies_at_once(e):
-    """spec 3.5: a copy holding no slab pages is destroyed when its cgroup goes."""
+    """05/10 memcg_slab_move, kmem_cache_drop_ref: a copy holding no slab pages is destroyed when
+    its cgroup goes."""
     a = e.mkdir(e.root, "a")
     e.alloc(e.cache("dentry"), 1, a)
     e.free_named("dentry", 1, a)
@@ -787,7 +807,8 @@ def test_rmdir_destroys_empty_copies_at_once(e):
 
 
 def test_rmdir_uncharges_res_and_moves_user_pages(e):
-    """spec 4.1: rmdir forgets kmem, uncharges it from res, and moves LRU pages to the parent."""
+    """02/10 memcg_kmem_move, 3.3.8 mem_cgroup_force_empty: rmdir forgets kmem, uncharges it from
+    res, and moves LRU pages to the parent."""
     p = e.mkdir(e.root, "p")
     e.set_use_hierarchy(p, 1)
     c = e.mkdir(p, "c")
@@ -799,8 +820,9 @@ def test_rmdir_uncharges_res_and_moves_user_pages(e):
 
 
 def test_rmdir_hierarchical_parent_keeps_kmem_bytes(e):
-    """spec 4.1 c: the deleted child's kmem stays in its non-root hierarchical parent's kmem
-    counter for good; the dead cache's later frees uncharge nothing."""
+    """02/10 memcg_kmem_move (res_counter_uncharge_locked on its own counter): the deleted child's
+    kmem stays in its non-root hierarchical parent's kmem counter for good; the dead cache's later
+    frees uncharge nothing."""
     p = e.mkdir(e.root, "p")
     e.set_use_hierarchy(p, 1)
     c = e.mkdir(p, "c")
@@ -815,7 +837,7 @@ def test_rmdir_hierarchical_parent_keeps_kmem_bytes(e):
 
 
 def test_rmdir_with_acct_root_moves_kmem_to_root():
-    """spec 2.8 / 4.1 step 5: with ACCT_ROOT the remaining kmem is charged to root's kmem and
+    """08/10 memcg_kmem_move: with ACCT_ROOT the remaining kmem is charged to root's kmem and
     res; dead caches point at root and their frees uncharge root's kmem and res."""
     e = make_engine(acct_root=True)
     a = e.mkdir(e.root, "a")
@@ -832,14 +854,15 @@ def test_rmdir_with_acct_root_moves_kmem_to_root():
     e.free(c, a.pool, 25)
     e.reap()
     assert (e.root.kmem.usage, e.root.res.usage) == (0, 0)
-    assert render.usage(e, e.root) == 0        # root usage stays stat-based (1.3)
+    assert render.usage(e, e.root) == 0        # stat-based (3.3.8 mem_cgroup_usage)
     assert not e.root.quirks                   # root's ACCT_ROOT equation is still checked
     assert check(e) == []
 
 
 def test_acct_root_boot_slab_and_global_caches():
-    """spec 2.8: boot-time slab is copied into root's kmem usage (max_usage untouched); every
-    slab page not charged to a non-root memcg is charged to root's kmem."""
+    """08/10 memcg_kmem_init (pre_memcg_kmem_bytes): boot-time slab is copied into root's kmem
+    usage (max_usage untouched); every slab page not charged to a non-root memcg is charged to
+    root's kmem."""
     e = make_engine(acct_root=True, boot_slabs=True)
     assert e.root.kmem.usage == BOOT_BYTES and e.root.kmem.max_usage == 0
     a = e.mkdir(e.root, "a")
@@ -855,10 +878,10 @@ def test_acct_root_boot_slab_and_global_caches():
     assert e2.root.kmem.usage == 0 and check(e2) == []
 
 
-# ============================================================== force_empty (spec 4.2)
+# ============================================================== force_empty (02/10, 3.3.8)
 
 def test_force_empty_errors(e):
-    """spec 4.2 / 8.3: EBUSY with tasks or children (and on root)."""
+    """3.3.8 mem_cgroup_force_empty: EBUSY with tasks or children (and on root)."""
     a = e.mkdir(e.root, "a")
     b = e.mkdir(a, "b")
     with raises(errno.EBUSY):
@@ -871,8 +894,8 @@ def test_force_empty_errors(e):
 
 
 def test_force_empty_keeps_kmem_and_live_copies(e):
-    """spec 4.2 (02/10): force_empty reclaims and moves user pages but does not move kmem;
-    it finishes once res - kmem == 0; the copies stay live."""
+    """02/10 mem_cgroup_force_empty: force_empty reclaims and moves user pages but does not move
+    kmem; it finishes once res - kmem == 0; the copies stay live."""
     a = e.mkdir(e.root, "a")
     e.alloc(e.cache("dentry"), 21, a)          # 2 pages of kmem
     e.charge_user(a, "file", 4 * PAGE)
@@ -886,7 +909,7 @@ def test_force_empty_keeps_kmem_and_live_copies(e):
 
 
 def test_force_empty_independent(e):
-    """spec 4.2: with independent=1 kmem is not in res; res ends at 0."""
+    """02/10 mem_cgroup_force_empty: with independent=1 kmem is not in res; res ends at 0."""
     a = e.mkdir(e.root, "a")
     e.set_independent(a, 1)
     e.alloc(e.cache("dentry"), 1, a)
@@ -896,8 +919,9 @@ def test_force_empty_independent(e):
 
 
 def test_force_empty_spins_after_hierarchical_leak(e):
-    """spec 4.2 edge / 2.9 g: after the hierarchical leak kmem > res, res - kmem wraps and the
-    loop only ends on a signal: EINTR."""
+    """02/10 mem_cgroup_force_empty (unsigned long usage), docs/semantics.md section 9 (Decision):
+    after the hierarchical leak kmem > res, res - kmem wraps and the loop only ends on a signal:
+    EINTR."""
     p = e.mkdir(e.root, "p")
     e.set_use_hierarchy(p, 1)
     c = e.mkdir(p, "c")
@@ -907,7 +931,7 @@ def test_force_empty_spins_after_hierarchical_leak(e):
         e.force_empty(p)
 
 
-# ============================================================== memory.stat (spec 8.4, 1.5)
+# ============================================================== memory.stat (3.3.8, 07/10)
 
 LOCAL = ["cache", "rss", "mapped_file", "pgpgin", "pgpgout", "swap", "pgfault", "pgmajfault",
          "inactive_anon", "active_anon", "inactive_file", "active_file", "unevictable",
@@ -915,8 +939,8 @@ LOCAL = ["cache", "rss", "mapped_file", "pgpgin", "pgpgout", "swap", "pgfault", 
 
 
 def test_memory_stat_key_order(e):
-    """spec 8.4 / 1.5: local keys (kernel_bypassed_memory after unevictable), hierarchical
-    limits, then total_ keys with total_kernel_bypassed_memory last."""
+    """3.3.8 memcg_stat_strings[], 07/10: local keys (kernel_bypassed_memory after unevictable),
+    hierarchical limits, then total_ keys with total_kernel_bypassed_memory last."""
     a = e.mkdir(e.root, "a")
     keys = [line.split()[0] for line in render.memory_stat(e, a).splitlines()]
     assert keys == LOCAL + ["hierarchical_memory_limit", "hierarchical_memsw_limit"] + [
@@ -925,7 +949,8 @@ def test_memory_stat_key_order(e):
 
 
 def test_memory_stat_without_swap_accounting():
-    """spec 8.4: no swap, hierarchical_memsw_limit or total_swap without swap accounting."""
+    """3.3.8 mem_control_stat_show: no swap, hierarchical_memsw_limit or total_swap without swap
+    accounting."""
     e = make_engine(swap_account=False)
     a = e.mkdir(e.root, "a")
     keys = [line.split()[0] for line in render.memory_stat(e, a).splitlines()]
@@ -934,8 +959,8 @@ def test_memory_stat_without_swap_accounting():
 
 
 def test_memory_stat_values_and_totals(e):
-    """spec 8.4: values in bytes, pgpgin/out as counts; totals sum the subtree when
-    use_hierarchy=1, otherwise only this cgroup."""
+    """3.3.8 mem_control_stat_show: values in bytes, pgpgin/out as counts; totals sum the subtree
+    when use_hierarchy=1, otherwise only this cgroup."""
     p = e.mkdir(e.root, "p")
     c = e.mkdir(p, "c")
     e.charge_user(p, "file", 2 * PAGE)
@@ -955,9 +980,9 @@ def test_memory_stat_values_and_totals(e):
 
 
 def test_total_kernel_bypassed_memory_reads_0_on_3_3(e):
-    """07/10 adds kernel_bypassed_memory / total_kernel_bypassed_memory (spec 1.5, 2.7); on
-    3.3 the ledger never books (3.3.8 __mem_cgroup_try_charge returns -EINTR at `bypass:`),
-    so both read 0 even after the charger is OOM-killed in a child."""
+    """07/10 adds kernel_bypassed_memory / total_kernel_bypassed_memory (07/10
+    mem_control_stat_show); on 3.3 the ledger never books (3.3.8 __mem_cgroup_try_charge returns
+    -EINTR at `bypass:`), so both read 0 even after the charger is OOM-killed in a child."""
     p = e.mkdir(e.root, "p")
     e.set_use_hierarchy(p, 1)
     c = e.mkdir(p, "c")
@@ -973,7 +998,8 @@ def test_total_kernel_bypassed_memory_reads_0_on_3_3(e):
 
 
 def test_hierarchical_memory_limit(e):
-    """spec 8.4: the smallest limit up the chain while each ancestor has use_hierarchy=1."""
+    """3.3.8 memcg_get_hierarchical_limit: the smallest limit up the chain while each ancestor has
+    use_hierarchy=1."""
     p = e.mkdir(e.root, "p")
     e.set_use_hierarchy(p, 1)
     e.set_limit(p, 100 * PAGE)
@@ -991,11 +1017,11 @@ def test_hierarchical_memory_limit(e):
     assert stat(e.root)["hierarchical_memory_limit"] == str(RESOURCE_MAX)
 
 
-# ============================================================== slabinfo (spec 5, 3.3)
+# ============================================================== slabinfo (09/10, 3.3.8 s_show)
 
 def test_memcg_slabinfo_exact_format(e):
-    """spec 5: header `# name            <active_objs> <num_objs> <objsize>` then rows
-    "%-17s %6lu %6lu %6u", newest cache first; long names run on."""
+    """09/10 (v2 12/13 mem_cgroup_slabinfo_show): header `# name            <active_objs>
+    <num_objs> <objsize>` then rows "%-17s %6lu %6lu %6u", newest cache first; long names run on."""
     a = e.mkdir(e.root, "a")
     assert render.memcg_slabinfo(e, a) == "# name            <active_objs> <num_objs> <objsize>\n"
     e.alloc(e.cache("dentry"), 42, a)
@@ -1011,8 +1037,8 @@ def test_memcg_slabinfo_exact_format(e):
 
 
 def test_root_memcg_slabinfo_lists_originals_and_dead_copies(e):
-    """spec 5: root's file lists every cache with no memcg: originals and dead copies, not
-    live copies; newest first."""
+    """09/10 (v2 12/13 mem_cgroup_slabinfo_show): root's file lists every cache with no memcg:
+    originals and dead copies, not live copies; newest first."""
     a = e.mkdir(e.root, "a")
     b = e.mkdir(e.root, "b")
     e.alloc(e.cache("dentry"), 3, a)
@@ -1027,8 +1053,8 @@ def test_root_memcg_slabinfo_lists_originals_and_dead_copies(e):
 
 
 def test_global_slabinfo_newest_first(e):
-    """spec 3.3 / 5: /proc/slabinfo 2.1, every cache including copies, newest first, rows
-    "%-17s %6lu %6lu %6u %4u %4d : tunables %4u %4u %4u : slabdata %6lu %6lu %6lu"."""
+    """3.3.8 mm/slab.c s_show, 05/10: /proc/slabinfo 2.1, every cache including copies, newest
+    first, rows "%-17s %6lu %6lu %6u %4u %4d : tunables %4u %4u %4u : slabdata %6lu %6lu %6lu"."""
     a = e.mkdir(e.root, "a")
     e.alloc(e.cache("pid"), 31, a)
     e.alloc(e.cache("dentry"), 5, a)
@@ -1045,7 +1071,8 @@ def test_global_slabinfo_newest_first(e):
 
 
 def test_boot_slabs_rebuild_the_dump():
-    """spec 2.1 / catalogue: with boot_slabs the originals start with the dump's counts."""
+    """docs/semantics.md section 2 (Decision) / catalogue: with boot_slabs the originals start
+    with the dump's counts."""
     e = make_engine(boot_slabs=True)
     kc = e.cache("kmem_cache")
     assert (kc.active_objs, kc.nr_slabs, kc.free_objects) == (30, 2, 10)
@@ -1053,7 +1080,7 @@ def test_boot_slabs_rebuild_the_dump():
     assert check(e) == []
 
 
-# ============================================================== catalogue (spec 2.1, 9.9)
+# ============================================================== catalogue (3.3.8 s_show; semantics.md 3)
 
 @pytest.mark.parametrize("text", [
     "",
@@ -1071,13 +1098,15 @@ def test_boot_slabs_rebuild_the_dump():
 ], ids=["empty", "version", "no-rows", "short-row", "no-colon", "non-numeric", "objsize-0",
         "batch-0", "duplicate", "active>num", "num!=slabs*perslab", "aslabs>nslabs"])
 def test_catalogue_parse_errors(text):
-    """spec 5 (slabinfo 2.1 row format) / 9.9: a malformed catalogue is EINVAL."""
+    """3.3.8 s_show (slabinfo 2.1 row format) / docs/semantics.md section 3 (Decision): a
+    malformed catalogue is EINVAL."""
     with raises(errno.EINVAL):
         parse_catalogue(text)
 
 
 def test_catalogue_parse_ok_and_default_loads():
-    """spec 3.3 / 5: catalogue.parse keeps file order (newest first); the bundled dump loads."""
+    """3.3.8 mm/slab.c (list order) / s_show: catalogue.parse keeps file order (newest first); the
+    bundled dump loads."""
     specs = parse_catalogue(CATALOGUE)
     assert specs[0].name == "dentry" and specs[-1].name == "kmem_cache"
     d = specs[0]
@@ -1092,8 +1121,8 @@ def test_catalogue_parse_ok_and_default_loads():
 # ============================================================== tasks and the dcache
 
 def test_spawn_and_exit(e):
-    """spec 3.1 / FORK_RECIPE: fork allocates the recipe in the cgroup's copies (sync, since
-    GFP_KERNEL); exit frees the objects, the empty slabs wait for reaping."""
+    """05/10 mem_cgroup_get_kmem_cache / FORK_RECIPE: fork allocates the recipe in the cgroup's
+    copies (sync, since GFP_KERNEL); exit frees the objects, the empty slabs wait for reaping."""
     a = e.mkdir(e.root, "a")
     t, r = e.spawn(a)
     assert r is None and e.tasks[t.pid] is t and a.tasks == {t.pid: t}
@@ -1115,8 +1144,8 @@ def test_spawn_and_exit(e):
 
 
 def test_spawn_is_all_or_nothing(e):
-    """FORK_RECIPE / spec 2.1: a fork failing part-way frees what it took (the grown slabs
-    stay charged until reaped); no task is created."""
+    """FORK_RECIPE / 3.3.8 copy_process: a fork failing part-way frees what it took (the grown
+    slabs stay charged until reaped); no task is created."""
     a = e.mkdir(e.root, "a")
     e.set_independent(a, 1)
     e.set_kmem_limit(a, FIRST_SPAWN_BYTES - PAGE)      # the last cache (pid) cannot grow
@@ -1130,8 +1159,9 @@ def test_spawn_is_all_or_nothing(e):
 
 
 def test_touch_unlink_drop_caches(e):
-    """spec A.2 (alloc/free events), dcache model: touch makes a dentry and an inode per file; unlink frees the inode and
-    leaves a negative dentry; drop_caches frees every dentry and inode."""
+    """docs/semantics.md section 15 (Decision), dcache model: touch makes a dentry and an inode
+    per file; unlink frees the inode and leaves a negative dentry; drop_caches frees every dentry
+    and inode."""
     a = e.mkdir(e.root, "a")
     r = e.touch(a, 10)
     assert r.ok and r.done == 10
@@ -1153,7 +1183,8 @@ def test_touch_unlink_drop_caches(e):
 
 
 def test_touch_partial_at_limit(e):
-    """spec 1.3 / 2.4 (independent limit), touch: when the inodes run out, surplus dentries are given back."""
+    """01/10 memcg_charge_kmem (independent limit), touch: when the inodes run out, surplus
+    dentries are given back."""
     a = e.mkdir(e.root, "a")
     e.set_independent(a, 1)
     e.set_kmem_limit(a, 2 * PAGE)                       # 1 dentry slab + 1 inode slab
@@ -1163,8 +1194,8 @@ def test_touch_partial_at_limit(e):
 
 
 def test_drop_caches_reaches_dead_caches(e):
-    """spec 4.1 (frees still work on dead caches) / 3.5: drop_caches frees dcache objects of
-    removed cgroups too (their dead copies)."""
+    """05/10 memcg_slab_move (frees still work on dead caches), kmem_cache_drop_ref: drop_caches
+    frees dcache objects of removed cgroups too (their dead copies)."""
     a = e.mkdir(e.root, "a")
     e.touch(a, 3)
     d = copy_of(e, a, "dentry")
@@ -1176,7 +1207,8 @@ def test_drop_caches_reaches_dead_caches(e):
 
 
 def test_attach_moves_anon_only_with_move_charge(e):
-    """spec 8.5 / 4.1: kmem charges never move; anon moves only with move_charge bit 0."""
+    """3.3.8 mem_cgroup_move_charge, 02/10: kmem charges never move; anon moves only with
+    move_charge bit 0."""
     a = e.mkdir(e.root, "a")
     b = e.mkdir(e.root, "b")
     t, _ = e.spawn(a)
@@ -1196,13 +1228,13 @@ def test_attach_moves_anon_only_with_move_charge(e):
         e.attach(c, 99)
 
 
-# ============================================================== charge stock (spec 2.1, 2.5)
+# ============================================================== charge stock (3.3.8, 03/10)
 
 def test_charge_batch_stock():
-    """spec 2.1 stock slack / 2.5 b (03/10: consume_stock(memcg, nr_pages)): with CHARGE_BATCH
-    (3.3.8 mm/memcontrol.c, 32 pages) the res charge takes a batch of max(32, n) pages and
-    keeps the surplus in the per-CPU stock; multi-page charges draw on it; kmem moves by exact
-    slab sizes; another memcg's batch drains it (refill_stock); rmdir drains it."""
+    """3.3.8 __mem_cgroup_try_charge stock slack / 03/10 consume_stock(memcg, nr_pages): with
+    CHARGE_BATCH (3.3.8 mm/memcontrol.c, 32 pages) the res charge takes a batch of max(32, n)
+    pages and keeps the surplus in the per-CPU stock; multi-page charges draw on it; kmem moves by
+    exact slab sizes; another memcg's batch drains it (refill_stock); rmdir drains it."""
     e = make_engine(charge_batch=32)
     a = e.mkdir(e.root, "a")
     e.alloc(e.cache("dentry"), 1, a)
@@ -1311,7 +1343,7 @@ def test_stock_drain_is_scoped_to_the_subtree():
 # ============================================================== regressions found by the property test
 
 def test_oom_kill_of_current_task_owning_the_objects(e):
-    """spec 2.4 + 3.3.8 __mem_cgroup_try_charge (`bypass:` is -EINTR) + mm/slab.c
+    """3.3.8 __mem_cgroup_try_charge (`bypass:` is -EINTR) + mm/slab.c
     cache_alloc_refill (a failed cache_grow with nothing in the array returns NULL): the task
     allocating into its own objects is OOM-killed mid-call: the allocation fails, the exit
     frees everything it held, and the cache's slab bookkeeping stays consistent."""
@@ -1330,7 +1362,7 @@ def test_oom_kill_of_current_task_owning_the_objects(e):
 
 
 def test_hierarchical_leak_bookkeeping_three_levels(e):
-    """spec 4.1 c: a grandchild's kmem kept by its ancestors after rmdir; check() holds
+    """02/10 memcg_kmem_move: a grandchild's kmem kept by its ancestors after rmdir; check() holds
     (the leak is booked on the kmem parent only, the grandparent sees it through it)."""
     a = e.mkdir(e.root, "a")
     e.set_use_hierarchy(a, 1)
@@ -1346,8 +1378,8 @@ def test_hierarchical_leak_bookkeeping_three_levels(e):
 
 
 def test_acct_root_counts_a_leaked_child_twice():
-    """spec 4.1 c + 2.8 step 5: with ACCT_ROOT the child's bytes reach root at its rmdir, and
-    again inside its parent's kmem usage when the parent goes (flagged as a quirk on root)."""
+    """02/10 + 08/10 memcg_kmem_move: with ACCT_ROOT the child's bytes reach root at its rmdir,
+    and again inside its parent's kmem usage when the parent goes (flagged as a quirk on root)."""
     e = make_engine(acct_root=True)
     a = e.mkdir(e.root, "a")
     e.set_use_hierarchy(a, 1)
@@ -1362,8 +1394,9 @@ def test_acct_root_counts_a_leaked_child_twice():
 
 
 def test_res_underflow_in_child_marks_ancestors(e):
-    """spec 1.4 / 2.3: charged independent, freed dependent: the child's res clamps at 0 while
-    its hierarchical parent loses the full amount; both carry the quirk so check() holds."""
+    """01/10 memcg_uncharge_kmem (the flag read at uncharge): charged independent, freed
+    dependent: the child's res clamps at 0 while its hierarchical parent loses the full amount;
+    both carry the quirk so check() holds."""
     p = e.mkdir(e.root, "p")
     e.set_use_hierarchy(p, 1)
     c = e.mkdir(p, "c")
@@ -1378,9 +1411,9 @@ def test_res_underflow_in_child_marks_ancestors(e):
 
 
 def test_oom_with_no_victim_fails_the_charge(e):
-    """spec 2.4: GFP_KERNEL at the limit with nothing to reclaim and no task to kill. The
-    kernel would loop; the engine's documented choice is to fail the charge (ENOMEM) after
-    an `oom_kill` event with pid 0."""
+    """3.3.8 mem_cgroup_handle_oom, docs/semantics.md section 6 (Decision): GFP_KERNEL at the
+    limit with nothing to reclaim and no task to kill. The kernel would loop; the engine's
+    documented choice is to fail the charge (ENOMEM) after an `oom_kill` event with pid 0."""
     a, _ = _dependent_at_limit(e)
     r = e.alloc(e.cache("dentry"), 1, a)
     assert r.status == "nomem"
@@ -1389,8 +1422,8 @@ def test_oom_with_no_victim_fails_the_charge(e):
 
 
 def test_copy_names_are_fixed_at_creation(e):
-    """spec 3.4: the copy takes the cgroup's basename when it is created; a later rename of
-    the directory does not rename existing copies."""
+    """05/10 memcg_create_kmem_cache: the copy takes the cgroup's basename when it is created; a
+    later rename of the directory does not rename existing copies."""
     a = e.mkdir(e.root, "a")
     e.alloc(e.cache("dentry"), 1, a)
     e.rename(a, "z")
@@ -1402,7 +1435,8 @@ def test_copy_names_are_fixed_at_creation(e):
 
 @pytest.mark.parametrize("corrupt", ["kmem", "res", "memsw", "slab", "dead", "task", "root"])
 def test_check_reports_corruption(corrupt):
-    """spec A.1 invariants: check() is not vacuous; each kind of corruption is reported."""
+    """docs/semantics.md sections 7-9 (Decisions) invariants: check() is not vacuous; each kind of
+    corruption is reported."""
     e = make_engine(acct_root=True)
     a = e.mkdir(e.root, "a")
     t, _ = e.spawn(a)

@@ -1,5 +1,6 @@
-"""cgroup.event_control through the mount (spec 8.1; 3.3 cgroup_write_event_control):
-usage thresholds, OOM notification, and the signal at rmdir, reaching unmodified clients."""
+"""cgroup.event_control through the mount (3.3.8 cgroup_write_event_control,
+Documentation/cgroups/memory.txt): usage thresholds, OOM notification, and the signal at rmdir,
+reaching unmodified clients."""
 import os
 import shutil
 import subprocess
@@ -46,8 +47,9 @@ def registered(mnt):
 
 
 def test_usage_threshold_fires_when_crossed_either_way(mnt, registered):
-    """spec 8.1: "<event_fd> <fd> <threshold>" on memory.usage_in_bytes; the eventfd is
-    signalled each time usage crosses the threshold, up or down."""
+    """3.3.8 mem_cgroup_usage_register_event: "<event_fd> <fd> <threshold>" on
+    memory.usage_in_bytes; the eventfd is signalled each time usage crosses the threshold, up or
+    down."""
     os.mkdir(mnt.p("a"))
     efd = registered("a", "memory.usage_in_bytes", "1M")
     ctl(mnt, "charge file 512K cg=/a")
@@ -101,7 +103,8 @@ def test_usage_threshold_ignores_slab_charges_until_a_page_event(mnt, registered
 
 
 def test_oom_notification_on_kill_and_on_sleep(mnt, registered):
-    """spec 8.1 oom_control: listeners hear every memcg OOM, a kill or a sleeping charge."""
+    """3.3.8 mem_cgroup_oom_register_event: listeners hear every memcg OOM, a kill or a sleeping
+    charge."""
     os.mkdir(mnt.p("a"))
     efd = registered("a", "memory.oom_control")
     # 17 pages: a fork's 15 (with signal_cache's off-slab descriptor) + 2 of anon fit

@@ -40,8 +40,8 @@ def descriptor_pages(name, objects):
 
 
 def test_independent_limit_stops_dentry_flood(mnt):
-    """spec 1.2, 1.3: files are made one by one (dentry, then inode) until the 1M kmem
-    limit refuses a slab; nothing reaches memory.usage_in_bytes."""
+    """01/10 memcg_charge_kmem, independent mode: files are made one by one (dentry, then inode)
+    until the 1M kmem limit refuses a slab; nothing reaches memory.usage_in_bytes."""
     v, out = run(mnt, "01-independent-limit.sh")
     limit_pages = (1 << 20) // PAGE
     files = 0
@@ -54,8 +54,8 @@ def test_independent_limit_stops_dentry_flood(mnt):
 
 
 def test_dependent_reclaim_then_oom(mnt):
-    """spec 1.3, 2.4: kmem at the limit reclaims page cache first, then OOM-kills the task
-    with the most memory, then the smaller one."""
+    """01/10 (dependent mode), 3.3.8 __mem_cgroup_try_charge, oom_badness: kmem at the limit
+    reclaims page cache first, then OOM-kills the task with the most memory, then the smaller one."""
     v, out = run(mnt, "02-dependent-reclaim-oom.sh")
     assert v["first_victim"] == v["big"]
     assert int(v["reclaimed_pages"]) == 256          # all of the 1M page cache
@@ -68,8 +68,9 @@ def test_dependent_reclaim_then_oom(mnt):
 
 
 def test_fork_bomb_contained(mnt):
-    """spec 1.3, 3.1: each fork allocates FORK_RECIPE from per-cgroup caches; the 200K kmem
-    limit (50 pages) stops fork at the first task whose objects need a page too many."""
+    """01/10, 05/10 mem_cgroup_get_kmem_cache: each fork allocates FORK_RECIPE from per-cgroup
+    caches; the 200K kmem limit (50 pages) stops fork at the first task whose objects need a page
+    too many."""
     v, _ = run(mnt, "03-fork-bomb.sh")
 
     def fork_pages(n):    # the slabs, and the size-64 slabs of signal_cache's descriptors
@@ -83,8 +84,8 @@ def test_fork_bomb_contained(mnt):
 
 
 def test_per_cgroup_caches(mnt):
-    """spec 3.1, 3.3, 3.4: orig(basename) copies, newest first; NOFS queues creation;
-    basenames can repeat."""
+    """05/10 mem_cgroup_get_kmem_cache, memcg_create_kmem_cache: orig(basename) copies, newest
+    first; NOFS queues creation; basenames can repeat."""
     v, out = run(mnt, "04-per-cgroup-caches.sh")
     assert "ok kmalloc cache=size-128(a) count=5" in out
     assert "ok alloc cache=inode_cache count=1 cgroup=/a gfp=GFP_NOFS" in out
@@ -97,8 +98,9 @@ def test_per_cgroup_caches(mnt):
 
 
 def test_dead_caches_after_rmdir(mnt):
-    """spec 4.1, 3.5: rmdir renames copies ...dead; drop_caches frees the objects but empty
-    slabs stay (free_limit) until reap destroys them, and the caches with them."""
+    """05/10 memcg_slab_move, kmem_cache_drop_ref: rmdir renames copies ...dead; drop_caches frees
+    the objects but empty slabs stay (free_limit) until reap destroys them, and the caches with
+    them."""
     v, out = run(mnt, "05-dead-caches.sh")
     assert int(v["kmem_before"]) == (pages("dentry", 100) + pages("inode_cache", 100)) * PAGE
     assert int(v["dead_after_rmdir"]) == 2
@@ -108,8 +110,8 @@ def test_dead_caches_after_rmdir(mnt):
 
 
 def test_noaccount_and_noio(mnt):
-    """spec 2.6: __GFP_NOACCOUNT is never charged; spec 2.4 and the cover letter: GFP_NOIO
-    fails at the limit without OOM, GFP_KERNEL OOM-kills."""
+    """04/10, 05/10: __GFP_NOACCOUNT is never charged; 01/10 may_oom and the cover letter:
+    GFP_NOIO fails at the limit without OOM, GFP_KERNEL OOM-kills."""
     v, out = run(mnt, "06-noaccount-noio.sh")
     assert int(v["kmem_after_noaccount"]) == 0
     assert int(v["usage_full"]) == 256 * 1024
@@ -123,7 +125,7 @@ def test_noaccount_and_noio(mnt):
 
 
 def test_root_accounting(mount_factory):
-    """spec 2.8: boot slab in root's kmem; NOACCOUNT growth charged to root; rmdir moves
+    """08/10: boot slab in root's kmem; NOACCOUNT growth charged to root; rmdir moves
     the remaining kmem to root; the dead cache's pages come off root when destroyed."""
     mnt = mount_factory(options=["acct_root"])
     v, out = run(mnt, "07-root-accounting.sh")

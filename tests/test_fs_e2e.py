@@ -1,10 +1,10 @@
 """End-to-end tests of the mounted cgroup filesystem: a real kmemfs is mounted (FUSE) and
 driven with cat/echo/mkdir/rmdir/mv/ls and os calls, as a user of a 3.3 memcg would.
 
-The rules come from /work/shared/spec/patchset-spec.md; each test names its section:
-1.1-1.4 (the series' kmem files), 5 (memory.kmem.slabinfo), 8.1-8.5 (the 3.3 memcg v1
-baseline). The `kernel` tests run one shell script of shared rules against kmemfs and against
-the real cgroup v1 memory controller and compare the outputs.
+The rules and their sources are in docs/semantics.md; each test names its source: patch 01/10 (the
+series' kmem files), 09/10 (memory.kmem.slabinfo), 3.3.8 mm/memcontrol.c and kernel/cgroup.c (the
+memcg v1 baseline). The `kernel` tests run one shell script of shared rules against kmemfs and
+against the real cgroup v1 memory controller and compare the outputs.
 """
 import contextlib
 import errno
@@ -145,7 +145,7 @@ MEMORY = {
     # 3.3 net/ipv4/tcp_memcontrol.c tcp_files[]: four files, every memcg
     "memory.kmem.tcp.limit_in_bytes": 0o644, "memory.kmem.tcp.usage_in_bytes": 0o444,
     "memory.kmem.tcp.failcnt": 0o644, "memory.kmem.tcp.max_usage_in_bytes": 0o644,
-    # patch 01/10 + 09/10 (spec 1.1): in every memcg, root included
+    # patch 01/10 + 09/10 (kmem_cgroup_files[]): in every memcg, root included
     "memory.kmem.independent_kmem_limit": 0o644, "memory.kmem.limit_in_bytes": 0o644,
     "memory.kmem.usage_in_bytes": 0o444, "memory.kmem.slabinfo": 0o444,
 }
@@ -179,22 +179,24 @@ def check_listing(path, files: dict, children=()):
 
 
 def test_root_and_child_file_lists_and_modes(mnt):
-    """Spec 8.1 (file list, release_agent root-only, Modes: read -> 0444, write -> 0200,
-    cgroup.event_control 0222) and 1.1 (the four kmem files in every memcg, root included;
+    """3.3.8 mem_cgroup_files[] and kernel/cgroup.c files[] (release_agent root-only;
+    cgroup_file_mode: read -> 0444, write -> 0200, cgroup.event_control 0222) and 01/10
+    kmem_cgroup_files[] (the four kmem files in every memcg, root included;
     kmem.limit/independent 0644, kmem.usage/slabinfo 0444); st_size 0 everywhere."""
     os.mkdir(mnt.p("child"))
     check_listing(mnt.path, expected_files(root=True), children=["child"])
     check_listing(mnt.p("child"), expected_files(root=False))
     assert stat.S_ISDIR(os.stat(mnt.p("child")).st_mode)
     assert not os.path.exists(mnt.p("child", "release_agent"))
-    # spec 1.1: no kmem failcnt / max_usage / soft_limit files in this series
+    # 01/10 kmem_cgroup_files[]: no kmem failcnt / max_usage / soft_limit files in this series
     for name in ("memory.kmem.failcnt", "memory.kmem.max_usage_in_bytes",
                  "memory.kmem.soft_limit_in_bytes"):
         assert not os.path.exists(mnt.p(name)) and not os.path.exists(mnt.p("child", name))
 
 
 def test_noswapaccount_has_no_memsw_files(mount_factory):
-    """Spec 8.1: memory.memsw.* exist only with swap accounting; 8.4: memory.stat then has
+    """3.3.8 register_memsw_files: memory.memsw.* exist only with swap accounting;
+    mem_control_stat_show: memory.stat then has
     no swap / total_swap / hierarchical_memsw_limit."""
     m = mount_factory(options=("noswapaccount",))
     os.mkdir(m.p("child"))
@@ -205,7 +207,7 @@ def test_noswapaccount_has_no_memsw_files(mount_factory):
 
 
 def test_memory_stat_keys_with_swap_accounting(shared):
-    """Spec 8.4 + 1.5: key order of memory.stat with swap accounting, patch 07/10's
+    """3.3.8 memcg_stat_strings[]: key order of memory.stat with swap accounting, patch 07/10's
     kernel_bypassed_memory after unevictable and total_kernel_bypassed_memory at the end."""
     local = ["cache", "rss", "mapped_file", "pgpgin", "pgpgout", "swap", "pgfault",
              "pgmajfault", "inactive_anon", "active_anon", "inactive_file", "active_file",
@@ -228,7 +230,7 @@ def test_hidden_control_dir(mnt):
     assert stat.S_ISDIR(os.stat(mnt.p(".kmemfs")).st_mode)
 
 
-# ------------------------------------------------------------------ 2. write parsing (8.2)
+# ------------------------------------------------------------------ 2. write parsing (3.3.8)
 # u64 files (cgroup_write_X64): file -> (accepts(v), rendering of v once written)
 def _bit(v):
     return f"{int(bool(v))}\n"
@@ -240,7 +242,7 @@ U64_FILES = {
     "memory.move_charge_at_immigrate": (lambda v: v < 4, lambda v: f"{v}\n"),
     "memory.oom_control": (lambda v: v in (0, 1),
                            lambda v: f"oom_kill_disable {v}\nunder_oom 0\n"),
-    "memory.kmem.independent_kmem_limit": (lambda v: True, _bit),   # stored as !!val (1.1)
+    "memory.kmem.independent_kmem_limit": (lambda v: True, _bit),   # stored as !!val (01/10)
     "notify_on_release": (lambda v: True, _bit),
     "cgroup.clone_children": (lambda v: True, _bit),
 }
@@ -260,11 +262,11 @@ U64_CASES = [
 @pytest.mark.parametrize("data,parsed", U64_CASES, ids=[repr(c[0])[:20] for c in U64_CASES])
 @pytest.mark.parametrize("name", sorted(U64_FILES))
 def test_u64_write_parsing(shared, name, data, parsed):
-    """Spec 8.2 cgroup layer, u64 writes: >= 64 bytes E2BIG, whitespace stripped, strtoull
-    base 0 (0x hex, leading-0 octal), trailing junk EINVAL, no sign. Then each handler's
-    range (8.1: use_hierarchy/oom_control 0|1, swappiness <= 100, move_charge < 4;
-    1.1 independent_kmem_limit, and notify_on_release / clone_children, store !!val).
-    A refused write leaves the value as it was."""
+    """3.3.8 cgroup_write_X64, u64 writes: >= 64 bytes E2BIG, whitespace stripped, strtoull base 0
+    (0x hex, leading-0 octal), trailing junk EINVAL, no sign. Then each handler's range (3.3.8
+    mem_cgroup_*_write: use_hierarchy/oom_control 0|1, swappiness <= 100, move_charge < 4; 01/10
+    independent_kmem_limit, and notify_on_release / clone_children, store !!val). A refused write
+    leaves the value as it was."""
     cg = fresh(shared)
     path = os.path.join(cg, name)
     before = read(path)
@@ -280,9 +282,9 @@ def test_u64_write_parsing(shared, name, data, parsed):
 
 
 def test_u64_zero_byte_write(shared):
-    """Spec 8.2: a u64 write of 0 bytes gives EINVAL (cgroup_write_X64 `if (!nbytes)`).
-    FUSE never forwards a zero-byte write(2) (the kernel returns 0 itself), so through the
-    mount it is a no-op; the rule itself holds in the cgroupfs layer."""
+    """3.3.8 kernel/cgroup.c: a u64 write of 0 bytes gives EINVAL (cgroup_write_X64 `if
+    (!nbytes)`). FUSE never forwards a zero-byte write(2) (the kernel returns 0 itself), so
+    through the mount it is a no-op; the rule itself holds in the cgroupfs layer."""
     from kmemfs.fuse.daemon import build
     from kmemfs.engine import Config, EngineError
     fs = build(Config(boot_slabs=False))
@@ -325,10 +327,10 @@ def _string_setup(cg, name):
 @pytest.mark.parametrize("data,want", STRING_CASES, ids=[repr(c[0])[:20] for c in STRING_CASES])
 @pytest.mark.parametrize("name", STRING_FILES)
 def test_memparse_write_parsing(shared, name, data, want):
-    """Spec 8.2 (cgroup_write_string: >= 63 bytes E2BIG, whitespace stripped;
+    """3.3.8 (cgroup_write_string: >= 63 bytes E2BIG, whitespace stripped;
     res_counter_memparse_write_strategy: only "-1" negative = RESOURCE_MAX, memparse base 0
-    with one K/M/G suffix and no T/P in 3.3, junk EINVAL, PAGE_ALIGN up) and 1.2 steps 1 and
-    3 for memory.kmem.limit_in_bytes. A refused write leaves the value as it was."""
+    with one K/M/G suffix and no T/P in 3.3, junk EINVAL, PAGE_ALIGN up), the same for
+    memory.kmem.limit_in_bytes (01/10). A refused write leaves the value as it was."""
     cg = fresh(shared)
     _string_setup(cg, name)
     path = os.path.join(cg, name)
@@ -343,8 +345,8 @@ def test_memparse_write_parsing(shared, name, data, want):
 
 
 def test_limit_llong_max_rounds_above_memsw_limit(shared):
-    """Spec 8.2 consequences: "9223372036854775807" rounds up above LLONG_MAX and then fails
-    the memsw check (EINVAL); only "-1" gives exactly unlimited."""
+    """3.3.8 res_counter_memparse_write_strategy, mem_cgroup_write: "9223372036854775807" rounds
+    up above LLONG_MAX and then fails the memsw check (EINVAL); only "-1" gives exactly unlimited."""
     cg = fresh(shared)
     path = os.path.join(cg, "memory.limit_in_bytes")
     assert write(path, b"1G") == 0
@@ -355,9 +357,10 @@ def test_limit_llong_max_rounds_above_memsw_limit(shared):
 
 
 def test_root_limits(mount_factory):
-    """Spec 8.1/8.2: memory.limit_in_bytes (and memsw) on root EINVAL; 1.2 step 2: the kmem
-    limit on root EINVAL, even with independent_kmem_limit=1 (1.4: the flag itself can be
-    set on root), and E2BIG (step 1) comes first; soft_limit is allowed on root."""
+    """3.3.8 mem_cgroup_write: memory.limit_in_bytes (and memsw) on root EINVAL; the kmem
+    limit on root EINVAL (01/10), even with independent_kmem_limit=1 (01/10
+    mem_cgroup_independent_kmem_limit_write: the flag itself can be set on root), and E2BIG
+    (cgroup_write_string) comes first; soft_limit is allowed on root."""
     m = mount_factory()
     for name in ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes",
                  "memory.kmem.limit_in_bytes"):
@@ -402,7 +405,8 @@ def test_tcp_files_as_3_3_has_them(mount_factory):
 
 
 def test_memsw_limit_must_stay_above_memory_limit(shared):
-    """Spec 8.2: memsw limit < memory.limit EINVAL; memory.limit > memsw limit EINVAL."""
+    """3.3.8 mem_cgroup_resize_limit, mem_cgroup_resize_memsw_limit: memsw limit < memory.limit
+    EINVAL; memory.limit > memsw limit EINVAL."""
     cg = fresh(shared)
     lim, memsw = os.path.join(cg, "memory.limit_in_bytes"), \
         os.path.join(cg, "memory.memsw.limit_in_bytes")
@@ -417,10 +421,11 @@ def test_memsw_limit_must_stay_above_memory_limit(shared):
 
 
 def test_kmem_limit_needs_independent_and_covers_usage(shared):
-    """Spec 1.2 steps 4-5 and 1.3: kmem.limit_in_bytes EINVAL while independent_kmem_limit=0
+    """01/10: kmem.limit_in_bytes EINVAL while independent_kmem_limit=0
     (checked before usage: EINVAL, not EBUSY), settable after writing 1, EBUSY when kmem
     usage exceeds the new limit (no reclaim), the old limit stays when the flag is cleared
-    (v1/10), and independent_kmem_limit can change with usage (1.4: no checks)."""
+    (v1/10), and independent_kmem_limit can change with usage (01/10
+    mem_cgroup_independent_kmem_limit_write: no checks)."""
     cg = fresh(shared)
     name = os.path.basename(cg)
     lim = os.path.join(cg, "memory.kmem.limit_in_bytes")
@@ -432,7 +437,7 @@ def test_kmem_limit_needs_independent_and_covers_usage(shared):
     usage = int(read(os.path.join(cg, "memory.kmem.usage_in_bytes")))
     assert usage > 4096
     assert write(lim, b"4096") == EINVAL          # step 4 before step 5
-    assert write(ind, b"1") == 0                  # 1.4: allowed with usage
+    assert write(ind, b"1") == 0                  # 01/10: allowed with usage
     assert read(ind) == "1\n"
     assert write(lim, b"4096") == EBUSY
     assert read(lim) == f"{RESOURCE_MAX}\n"
@@ -442,12 +447,12 @@ def test_kmem_limit_needs_independent_and_covers_usage(shared):
     assert read(lim) == f"{usage}\n"
     assert write(lim, b"1G") == 0
     assert write(ind, b"0") == 0
-    assert read(lim) == f"{1 << 30}\n"            # v1/10 keeps the old limit (1.2)
+    assert read(lim) == f"{1 << 30}\n"            # v1/10 keeps the old limit (01/10)
     assert write(lim, b"2G") == EINVAL
 
 
 def test_kmem_limit_on_fresh_cgroup(shared):
-    """Spec 1.2 / 1.3: after independent=1 with no usage, any limit (even 0) is accepted."""
+    """01/10: after independent=1 with no usage, any limit (even 0) is accepted."""
     cg = fresh(shared)
     assert write(os.path.join(cg, "memory.kmem.independent_kmem_limit"), b"1") == 0
     assert write(os.path.join(cg, "memory.kmem.limit_in_bytes"), b"0") == 0
@@ -460,15 +465,16 @@ TRIGGERS = ["memory.failcnt", "memory.max_usage_in_bytes", "memory.memsw.failcnt
 
 @pytest.mark.parametrize("name", TRIGGERS)
 def test_triggers_accept_any_content(shared, name):
-    """Spec 8.1: failcnt / max_usage_in_bytes (and memsw's) are triggers whose content is
-    ignored; 8.3: force_empty takes any write (on a cgroup without tasks or children)."""
+    """3.3.8 mem_cgroup_reset: failcnt / max_usage_in_bytes (and memsw's) are triggers whose
+    content is ignored; mem_cgroup_force_empty_write: force_empty takes any write (on a cgroup
+    without tasks or children)."""
     cg = fresh(shared)
     for data in (b"0", b"abc", b"\n", b"-5", b"x" * 100, b"1.5G"):
         assert write(os.path.join(cg, name), data) == 0, data
 
 
 def test_max_usage_trigger_resets_to_usage(shared):
-    """Spec 8.1: any write to max_usage_in_bytes resets max to the current usage."""
+    """3.3.8 mem_cgroup_reset: any write to max_usage_in_bytes resets max to the current usage."""
     cg = fresh(shared)
     name = os.path.basename(cg)
     ctl(shared, f"charge anon 1M cg=/{name}")
@@ -481,7 +487,8 @@ def test_max_usage_trigger_resets_to_usage(shared):
 
 
 def test_force_empty_is_write_only(shared):
-    """Spec 8.1: memory.force_empty is W only (mode 0200): reading it is EINVAL."""
+    """3.3.8 mem_cgroup_files[], cgroup_file_mode: memory.force_empty is W only (mode 0200):
+    reading it is EINVAL."""
     cg = fresh(shared)
     assert errno_of(read, os.path.join(cg, "memory.force_empty")) == EINVAL
     r = sh(f"cat {cg}/memory.force_empty")
@@ -493,7 +500,7 @@ READ_ONLY = [n for n, mode in {**MEMORY, **MEMSW}.items() if mode == 0o444]
 
 @pytest.mark.parametrize("name", READ_ONLY)
 def test_read_only_files_refuse_writes(shared, name):
-    """Spec 8.1 / 1.1: files with no write handler (mode 0444) give EINVAL on write."""
+    """3.3.8 kernel/cgroup.c, 01/10: files with no write handler (mode 0444) give EINVAL on write."""
     cg = fresh(shared)
     before = read(os.path.join(cg, name))
     assert write(os.path.join(cg, name), b"0") == EINVAL
@@ -502,7 +509,8 @@ def test_read_only_files_refuse_writes(shared, name):
 
 
 def test_event_control_is_write_only_and_parsed(shared):
-    """Spec 8.1: cgroup.event_control (0222) takes "<event_fd> <fd> [args]"; junk EINVAL."""
+    """3.3.8 cgroup_write_event_control: cgroup.event_control (0222) takes "<event_fd> <fd>
+    [args]"; junk EINVAL."""
     cg = fresh(shared)
     path = os.path.join(cg, "cgroup.event_control")
     assert errno_of(read, path) == EINVAL
@@ -511,7 +519,7 @@ def test_event_control_is_write_only_and_parsed(shared):
 
 
 def test_release_agent_is_a_path_max_string(mnt):
-    """Spec 8.1: release_agent (root only) is a string file whose limit is PATH_MAX
+    """3.3.8 kernel/cgroup.c: release_agent (root only) is a string file whose limit is PATH_MAX
     (cgroup_write_string: nbytes >= max_write_len -> E2BIG)."""
     path = mnt.p("release_agent")
     assert read(path) == "\n"
@@ -547,9 +555,9 @@ def test_release_agent_is_never_run(mnt, tmp_path):
 
 
 def test_use_hierarchy_rules(mount_factory):
-    """Spec 8.1 use_hierarchy: only 0/1; EBUSY with children (for 0 as well); EINVAL when
-    the parent has use_hierarchy=1; root may change it while it has no children; children
-    copy the parent's value at creation (1.6)."""
+    """3.3.8 mem_cgroup_hierarchy_write: only 0/1; EBUSY with children (for 0 as well); EINVAL
+    when the parent has use_hierarchy=1; root may change it while it has no children; children
+    copy the parent's value at creation (mem_cgroup_create)."""
     m = mount_factory()
     assert write(m.p("memory.use_hierarchy"), b"2") == EINVAL
     assert write(m.p("memory.use_hierarchy"), b"1") == 0        # root, no children yet
@@ -566,7 +574,8 @@ def test_use_hierarchy_rules(mount_factory):
 
 
 def test_use_hierarchy_ebusy_with_children(shared):
-    """Spec 8.1 / 1.6: use_hierarchy may change only while the cgroup has no children."""
+    """3.3.8 mem_cgroup_hierarchy_write: use_hierarchy may change only while the cgroup has no
+    children."""
     cg = fresh(shared)
     path = os.path.join(cg, "memory.use_hierarchy")
     assert write(path, b"1") == 0
@@ -580,7 +589,7 @@ def test_use_hierarchy_ebusy_with_children(shared):
 
 
 def test_swappiness_rules(shared):
-    """Spec 8.1 swappiness: > 100 EINVAL; root EINVAL (root shows the global
+    """3.3.8 mem_cgroup_swappiness_write: > 100 EINVAL; root EINVAL (root shows the global
     vm.swappiness, 60); EINVAL if the parent uses hierarchy, or this cgroup uses hierarchy
     and has children."""
     cg = fresh(shared)
@@ -601,8 +610,8 @@ def test_swappiness_rules(shared):
 
 
 def test_oom_control_rules(shared):
-    """Spec 8.1 oom_control: only 0/1 (2 EINVAL); root EINVAL; EINVAL if the parent uses
-    hierarchy, or this cgroup uses hierarchy and has children; two-line read format."""
+    """3.3.8 mem_cgroup_oom_control_write: only 0/1 (2 EINVAL); root EINVAL; EINVAL if the parent
+    uses hierarchy, or this cgroup uses hierarchy and has children; two-line read format."""
     cg = fresh(shared)
     path = os.path.join(cg, "memory.oom_control")
     assert read(path) == "oom_kill_disable 0\nunder_oom 0\n"
@@ -621,7 +630,7 @@ def test_oom_control_rules(shared):
 
 
 def test_move_charge_rules(shared):
-    """Spec 8.1 move_charge_at_immigrate: bitmask of bits 0 and 1; value >= 4 EINVAL."""
+    """3.3.8 mem_cgroup_move_charge_write: bitmask of bits 0 and 1; value >= 4 EINVAL."""
     cg = fresh(shared)
     path = os.path.join(cg, "memory.move_charge_at_immigrate")
     assert read(path) == "0\n"
@@ -634,8 +643,8 @@ def test_move_charge_rules(shared):
 
 
 def test_children_inherit_settings(shared):
-    """Spec 8.1: children copy use_hierarchy, swappiness and oom_kill_disable from the
-    parent at creation but NOT move_charge_at_immigrate (3.3 sets 0); 1.4: every memcg
+    """3.3.8 mem_cgroup_create: children copy use_hierarchy, swappiness and oom_kill_disable from
+    the parent but NOT move_charge_at_immigrate (3.3 sets 0); 01/10 memcg_kmem_init: every memcg
     starts with independent_kmem_limit=0 (not inherited in this series)."""
     p = fresh(shared)
     for f, v in (("memory.swappiness", b"30"), ("memory.oom_control", b"1"),
@@ -653,8 +662,8 @@ def test_children_inherit_settings(shared):
 
 
 def test_cgroup_core_flags_are_copied_at_creation(shared):
-    """Spec 8.1 (cgroup core files "as the cgroup core of that time provides"): 3.3
-    cgroup_create copies notify_on_release and clone_children from the parent."""
+    """3.3.8 kernel/cgroup.c cgroup_create copies notify_on_release and clone_children from the
+    parent."""
     p = fresh(shared)
     assert write(os.path.join(p, "notify_on_release"), b"1") == 0
     assert write(os.path.join(p, "cgroup.clone_children"), b"1") == 0
@@ -667,12 +676,11 @@ def test_cgroup_core_flags_are_copied_at_creation(shared):
     assert read(os.path.join(q, "kid", "cgroup.clone_children")) == "0\n"
 
 
-# ------------------------------------------------------------------ 3. tree rules (8.1, 8.3)
+# ------------------------------------------------------------------ 3. tree rules (3.3.8)
 def test_mkdir_rules(shared):
-    """Spec A.2 mkdir -> section 8.1's file list; names are not spelled out in the spec, so
-    3.3 cgroup_mkdir / cgroup_lookup: an existing cgroup or control-file name EEXIST, names
+    """3.3.8 cgroup_mkdir / cgroup_lookup: an existing cgroup or control-file name EEXIST, names
     over NAME_MAX (255 bytes) ENAMETOOLONG, 255 bytes fine; release_agent is a free name
-    below root (8.1: root-only file)."""
+    below root (a root-only file)."""
     cg = fresh(shared)
     os.mkdir(os.path.join(cg, "a"))
     assert errno_of(os.mkdir, os.path.join(cg, "a")) == EEXIST
@@ -688,7 +696,7 @@ def test_mkdir_rules(shared):
 
 
 def test_rmdir_rules(shared):
-    """Spec 8.3 rmdir: EBUSY with children or tasks; a control file ENOTDIR; missing
+    """3.3.8 cgroup_rmdir: EBUSY with children or tasks; a control file ENOTDIR; missing
     ENOENT; an emptied cgroup can go."""
     cg = fresh(shared)
     os.makedirs(os.path.join(cg, "a", "b"))
@@ -708,8 +716,8 @@ def test_rmdir_rules(shared):
 
 
 def test_rename_rules(shared):
-    """Not in the spec (A.2 lists mkdir/rmdir only); 3.3 cgroup_rename: within the parent OK
-    (the cgroup keeps its settings (8.1) and children), across parents EIO, onto an
+    """3.3.8 cgroup_rename: within the parent OK
+    (the cgroup keeps its settings and children), across parents EIO, onto an
     existing name EEXIST, a control file ENOTDIR."""
     cg = fresh(shared)
     a, b = os.path.join(cg, "a"), os.path.join(cg, "b")
@@ -744,8 +752,8 @@ def test_rename_rules(shared):
 
 
 def test_no_regular_files_links_or_nodes(shared):
-    """Spec 8.1: a cgroup directory holds only its control files and child cgroups (3.3
-    cgroupfs has no ->create, ->unlink, ->link, ->symlink or ->mknod): creating a file is
+    """3.3.8 kernel/cgroup.c: a cgroup directory holds only its control files and child cgroups
+    (3.3 cgroupfs has no ->create, ->unlink, ->link, ->symlink or ->mknod): creating a file is
     EACCES, rm / ln / ln -s / mknod / mkfifo are EPERM."""
     cg = fresh(shared)
     assert errno_of(os.open, os.path.join(cg, "newfile"), os.O_CREAT | os.O_WRONLY) == \
@@ -772,7 +780,7 @@ def test_no_regular_files_links_or_nodes(shared):
 
 
 def test_open_file_of_removed_cgroup_is_enodev(shared):
-    """Spec 8.3 rmdir (+ 3.3 cgroup_file_read/write): once the cgroup is removed, an open fd
+    """3.3.8 cgroup_rmdir (+ cgroup_file_read/write): once the cgroup is removed, an open fd
     of one of its files gives ENODEV on read and on write (also after the name is reused)."""
     cg = fresh(shared)
     rfd = os.open(os.path.join(cg, "memory.stat"), os.O_RDONLY)
@@ -807,7 +815,7 @@ def chunked(path, size) -> bytes:
 
 
 def test_chunked_reads_match_one_read(shared):
-    """seq_file reads: memory.stat (8.4) and memory.kmem.slabinfo (5) read 1, 7 or 100
+    """seq_file reads: memory.stat and memory.kmem.slabinfo read 1, 7 or 100
     bytes at a time on one fd give the same text as one read."""
     cg = fresh(shared)
     name = os.path.basename(cg)
@@ -826,9 +834,9 @@ def test_chunked_reads_match_one_read(shared):
 
 
 def test_pread_serves_the_offset_zero_snapshot(shared):
-    """Spec 5 / 8.4 files are seq_files: the text is made by the read at offset 0; reads at
-    later offsets serve that snapshot even if usage (1.1 kmem.usage_in_bytes, 8.4 rss)
-    changed in between, until a new read at offset 0."""
+    """memory.kmem.slabinfo and memory.stat are seq_files: the text is made by the read at offset
+    0; reads at later offsets serve that snapshot even if usage (kmem.usage_in_bytes, rss) changed
+    in between, until a new read at offset 0."""
     cg = fresh(shared)
     name = os.path.basename(cg)
     fd = os.open(os.path.join(cg, "memory.kmem.usage_in_bytes"), os.O_RDONLY)
@@ -862,7 +870,7 @@ def test_pread_serves_the_offset_zero_snapshot(shared):
 
 # ------------------------------------------------------------------ 5. tasks / cgroup.procs
 def test_echo_dollar_dollar_into_tasks(shared):
-    """Spec 8.1 tasks: `echo $$ > tasks` moves the shell; it then sees itself listed, in
+    """3.3.8 attach_task_by_pid: `echo $$ > tasks` moves the shell; it then sees itself listed, in
     tasks and cgroup.procs."""
     cg = fresh(shared)
     r = sh(f"cd {cg} && echo $$ > tasks && echo pid=$$ && cat tasks && echo procs && "
@@ -875,7 +883,7 @@ def test_echo_dollar_dollar_into_tasks(shared):
 
 
 def test_echo_zero_means_the_writer(shared):
-    """Spec 8.1 tasks / 8.2 u64 parsing (3.3 attach_task_by_pid): pid 0 is the writer."""
+    """3.3.8 cgroup_write_X64 and attach_task_by_pid: pid 0 is the writer."""
     cg = fresh(shared)
     r = sh(f"echo 0 > {cg}/tasks && echo $$ && cat {cg}/tasks")
     assert r.returncode == 0, r.stderr
@@ -883,14 +891,14 @@ def test_echo_zero_means_the_writer(shared):
     assert me in listed
     cg2 = fresh(shared)
     r = sh(f"printf '\\n' > {cg2}/cgroup.procs && echo $$ && cat {cg2}/cgroup.procs")
-    assert r.returncode == 0, r.stderr                  # "" parses to 0 (8.2)
+    assert r.returncode == 0, r.stderr                  # "" parses to 0 (cgroup_write_X64)
     me, *listed = r.stdout.split()
     assert me in listed
 
 
 def test_tasks_write_parsing_and_esrch(shared):
-    """Spec 8.1 + 8.2: tasks / cgroup.procs are u64 files (base 0, whitespace, E2BIG,
-    junk EINVAL) and an unknown pid is ESRCH."""
+    """3.3.8 cgroup_write_X64, attach_task_by_pid: tasks / cgroup.procs are u64 files (base 0,
+    whitespace, E2BIG, junk EINVAL) and an unknown pid is ESRCH."""
     cg = fresh(shared)
     tasks = os.path.join(cg, "tasks")
     with sleepers() as (p,):
@@ -913,7 +921,7 @@ def test_tasks_write_parsing_and_esrch(shared):
 
 
 def test_pid_belongs_to_one_cgroup_and_lists_are_sorted(shared):
-    """Spec 8.1 tasks: writing a pid moves it (it leaves its old cgroup, root included);
+    """3.3.8 attach_task_by_pid: writing a pid moves it (it leaves its old cgroup, root included);
     lists are sorted."""
     a, b = fresh(shared), fresh(shared)
     with sleepers(4) as procs:
@@ -933,7 +941,8 @@ def test_pid_belongs_to_one_cgroup_and_lists_are_sorted(shared):
 
 
 def test_exited_process_leaves_the_list(shared):
-    """A process that exits drops out of tasks and no longer makes rmdir EBUSY (8.3)."""
+    """A process that exits drops out of tasks and no longer makes rmdir EBUSY (3.3.8
+    cgroup_rmdir)."""
     cg = fresh(shared)
     with sleepers(2) as (p, q):
         for x in (p, q):
@@ -951,7 +960,7 @@ def test_exited_process_leaves_the_list(shared):
 
 
 def test_rmdir_after_exit_without_reading_tasks(shared):
-    """rmdir itself notices that the cgroup's only task exited (8.3)."""
+    """rmdir itself notices that the cgroup's only task exited (3.3.8 cgroup_rmdir)."""
     cg = fresh(shared)
     with sleepers() as (p,):
         assert write(os.path.join(cg, "tasks"), str(p.pid).encode()) == 0
@@ -962,7 +971,7 @@ def test_rmdir_after_exit_without_reading_tasks(shared):
 
 
 def test_root_tasks_lists_host_pids(shared):
-    """Spec 8.1 tasks / 8.5 Root: the root cgroup holds every host task not in a child
+    """3.3.8 kernel/cgroup.c: the root cgroup holds every host task not in a child
     cgroup (root's tasks lists host pids, sorted; cgroup.procs lists thread-group ids)."""
     root = pids(shared.p("tasks"))
     assert root == sorted(root)
@@ -1172,8 +1181,9 @@ def run_rules(base) -> str:
 
 def test_shared_rules_script_on_kmemfs(mnt):
     """The shared-rules script (tests/data/cgroup_shared_rules.sh) gives the expected
-    answers on kmemfs: spec 8.1 (ranges, triggers, read-only files, tasks ESRCH), 8.2
-    (memparse, -1 / -2, junk), 8.3 (rmdir EBUSY), and the 3.3 tree rules."""
+    answers on kmemfs: 3.3.8 mm/memcontrol.c (ranges, triggers, read-only files),
+    kernel/cgroup.c (tasks ESRCH, rmdir EBUSY, the tree rules), res_counter (memparse,
+    -1 / -2, junk)."""
     os.mkdir(mnt.p("kmemfs_test_rules"))
     assert run_rules(mnt.p("kmemfs_test_rules")) == SHARED_RULES_EXPECTED
     os.rmdir(mnt.p("kmemfs_test_rules"))
@@ -1220,8 +1230,8 @@ def test_shared_rules_match_the_real_kernel(mnt):
 @pytest.mark.skipif(not _kernel_available(),
                     reason="needs root and a cgroup v1 memory controller at /sys/fs/cgroup/memory")
 def test_kernel_and_kmemfs_share_u64_and_memparse_errnos(mnt):
-    """Exact-byte writes (os.write) that the 3.3 grammar (spec 8.2) and the modern kernel
-    answer alike, compared file by file: junk, sign, suffix and range errors."""
+    """Exact-byte writes (os.write) that the 3.3 grammar (3.3.8 kernel/cgroup.c, res_counter) and
+    the modern kernel answer alike, compared file by file: junk, sign, suffix and range errors."""
     cases = [("memory.limit_in_bytes", b"1.5G"), ("memory.limit_in_bytes", b"-2"),
              ("memory.limit_in_bytes", b"1 G"), ("memory.limit_in_bytes", b"-1"),
              ("memory.limit_in_bytes", b"2G\n"), ("memory.soft_limit_in_bytes", b"junk"),

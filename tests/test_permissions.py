@@ -35,8 +35,8 @@ def public_mount():
 
 
 def test_other_users_read_but_cannot_write(public_mount):
-    """spec 8.1 Modes: 0644 files are readable by all, writable by the owner (root) only;
-    ctl is 0600; the cgroup directories are root's 0755."""
+    """3.3.8 kernel/cgroup.c cgroup_file_mode: 0644 files are readable by all, writable by the
+    owner (root) only; ctl is 0600; the cgroup directories are root's 0755."""
     m = public_mount(options=["allow_other"])
     sh(f"mkdir {m.path}/a", check=True)
     r = as_nobody(f"cat {m.path}/a/memory.usage_in_bytes {m.path}/a/memory.kmem.slabinfo")

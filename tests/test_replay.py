@@ -108,9 +108,9 @@ def test_interrupt_context_goes_to_the_global_cache(design, charged):
 
 @pytest.mark.parametrize("design,pages", [("series", 0), ("optin", 2)])
 def test_nofail_goes_global_under_series_and_is_charged_under_optin(design, pages):
-    """series: __GFP_NOFAIL never reaches a per-cgroup copy (patch 05/10). optin: an
-    accounted NOFAIL allocation is charged. GFP_NOFS cannot create the copy in place: the
-    first allocation queues its creation and is served by the global cache (spec 3.1); the
+    """series: __GFP_NOFAIL never reaches a per-cgroup copy (patch 05/10). optin: an accounted
+    NOFAIL allocation is charged. GFP_NOFS cannot create the copy in place: the first allocation
+    queues its creation and is served by the global cache (05/10 mem_cgroup_get_kmem_cache); the
     work item has run by the next event, so 29 dentries are charged = 2 slabs."""
     events = allocs(30, gfp="GFP_NOFS|__GFP_NOFAIL", accounted=True)
     out = run(events, design=design, remove_at_end=False)
@@ -130,7 +130,7 @@ def test_optin_charges_only_what_is_marked():
 
 def test_nofail_under_optin_is_forced_past_the_limit():
     """try_charge_memcg's force: a NOFAIL charge succeeds over memory.limit_in_bytes. GFP_NOFS
-    may not OOM-kill; the first allocation is global (async copy creation, spec 3.1), the other
+    may not OOM-kill; the first allocation is global (async copy creation, 05/10), the other
     40 fill two slabs: the second one's page is forced past the 4K limit."""
     sets = ("memory.limit_in_bytes=4K",)
     events = allocs(41, gfp="GFP_NOFS|__GFP_NOFAIL", accounted=True)

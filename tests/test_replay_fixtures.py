@@ -6,7 +6,8 @@ by tests/data/traces/capture.sh), with expectations computed here from the rules
   __GFP_NOFAIL nor __GFP_NOACCOUNT (patch 05/10 mem_cgroup_get_kmem_cache); optin iff it is
   marked accounted and in task context (engine/policy.py);
 - the per-cgroup copy of a cache exists after its first charged allocation; a first one that
-  is not GFP_KERNEL only queues it (spec 3.1) and is served, uncharged, by the global cache;
+  is not GFP_KERNEL only queues it (05/10 mem_cgroup_get_kmem_cache) and is served,
+  uncharged, by the global cache;
 - 3.3's SLAB grows a cache only when every slab is full, and gives an empty slab back only
   once its free objects exceed free_limit = (1 + nr_cpus) * batchcount + objperslab: until
   then a copy holds exactly ceil(peak live objects / objperslab) slabs (the count below is

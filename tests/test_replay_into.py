@@ -79,9 +79,9 @@ def test_ctl_replay_errors():
 
 
 def test_ctl_replay_sleeps_on_oom_with_the_killer_disabled():
-    """oom_kill_disable=1 and a full memory.limit_in_bytes: the event's charge sleeps like
-    any charge (spec 2.4): the write is Pending until the limit rises, then the same event is
-    fed again and counted once."""
+    """oom_kill_disable=1 and a full memory.limit_in_bytes: the event's charge sleeps like any
+    charge (3.3.8 mem_cgroup_handle_oom): the write is Pending until the limit rises, then the
+    same event is fed again and counted once."""
     from kmemfs.cgroupfs.control import Pending
     fs, send = ctl()
     web = fs.by_path("/web")

@@ -48,7 +48,7 @@ def under_oom(m, cg):
 
 
 def sleeping_writer(m, cg="a"):
-    """A ctl writer sleeping on an OOM of `cg` (oom_kill_disable=1, spec 2.4)."""
+    """A ctl writer sleeping on an OOM of `cg` (oom_kill_disable=1, 3.3.8 mem_cgroup_handle_oom)."""
     os.mkdir(m.p(cg))
     sh(f"echo 64K > {m.p(cg, 'memory.limit_in_bytes')} && echo 1 > {m.p(cg, 'memory.oom_control')}",
        check=True)

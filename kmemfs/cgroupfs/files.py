@@ -3,7 +3,7 @@ cftype arrays do (3.3 kernel/cgroup.c `files[]`, mm/memcontrol.c `mem_cgroup_fil
 `memsw_cgroup_files[]`, net/ipv4/tcp_memcontrol.c, and patch 01/10 + 09/10 of the series).
 
 Each entry names its read handler (-> text) and its write handler; `kind` says how the cgroup
-core parses a write before the handler sees it (spec 8.2): "u64" (cgroup_write_X64),
+core parses a write before the handler sees it (3.3.8 kernel/cgroup.c): "u64" (cgroup_write_X64),
 "string" (cgroup_write_string) or "trigger" (content ignored).
 """
 import errno
@@ -32,7 +32,7 @@ class CFType:
 
     @property
     def file_mode(self) -> int:
-        """cgroup_file_mode: readable -> S_IRUGO, writable -> S_IWUSR (spec 8.1 Modes)."""
+        """cgroup_file_mode: readable -> S_IRUGO, writable -> S_IWUSR (3.3.8 kernel/cgroup.c)."""
         if self.mode is not None:
             return self.mode
         return (0o444 if self.read else 0) | (0o200 if self.write else 0)
@@ -52,7 +52,8 @@ def _counter(name, field):
 
 
 def _limit_write(setter, root_einval=True):
-    """mem_cgroup_write RES_LIMIT: root is refused before the value is parsed (spec 1.2)."""
+    """mem_cgroup_write RES_LIMIT: root is refused before the value is parsed (3.3.8
+    mm/memcontrol.c; 01/10 for kmem)."""
     def write(fs, m, s, req):
         if root_einval and m.is_root:
             raise EngineError(errno.EINVAL, "no limits on the root cgroup")
@@ -132,13 +133,13 @@ MEMORY = (
            _reset(lambda e: e.reset_failcnt, "tcp"), "trigger"),
     CFType("memory.kmem.tcp.max_usage_in_bytes", _counter("tcp", "max_usage"),
            _reset(lambda e: e.reset_max_usage, "tcp"), "trigger"),
-    # patch 01/10 (spec 1.1): no kmem failcnt/max_usage files in this series.
+    # patch 01/10 (kmem_cgroup_files[]): no kmem failcnt/max_usage files in this series.
     CFType("memory.kmem.usage_in_bytes", _counter("kmem", "usage")),
     CFType("memory.kmem.limit_in_bytes", _counter("kmem", "limit"),
            _limit_write(lambda e: e.set_kmem_limit), "string"),
     CFType("memory.kmem.independent_kmem_limit", lambda fs, m: u64(int(m.independent_kmem_limit)),
            _setting(lambda e: e.set_independent), "u64"),
-    # patch 09/10 (spec 5)
+    # patch 09/10 (rebuilt from v2 12/13, docs/semantics.md section 11)
     CFType("memory.kmem.slabinfo", lambda fs, m: render.memcg_slabinfo(fs.engine, m)),
 )
 

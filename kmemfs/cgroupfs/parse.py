@@ -1,5 +1,6 @@
 """Write parsing exactly as 3.3 does it (kernel/cgroup.c, lib/vsprintf.c, lib/cmdline.c,
-kernel/res_counter.c): spec 8.2 and 1.2. All arithmetic is u64 and wraps as C does."""
+kernel/res_counter.c): docs/semantics.md sections 12 and 8. All arithmetic is u64 and wraps as C
+does."""
 import errno
 
 from ..engine.config import RESOURCE_MAX

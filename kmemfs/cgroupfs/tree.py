@@ -410,8 +410,8 @@ class CgroupFS:
         return "".join(f"{p}\n" for p in sorted(pids))
 
     def tasks_write(self, memcg, pid: int, req: Request) -> None:
-        """attach_task_by_pid: 0 is the writer; an unknown pid is ESRCH (spec 8.1); a writer
-        whose euid is not 0 may move only a task whose uid or suid is its euid (EACCES)."""
+        """attach_task_by_pid: 0 is the writer; an unknown pid is ESRCH (3.3.8 kernel/cgroup.c); a
+        writer whose euid is not 0 may move only a task whose uid or suid is its euid (EACCES)."""
         given, pid = pid, pid or req.pid
         t = self.engine.tasks.get(pid)
         if t is not None and not t.simulated and not self.host.exists(pid):
@@ -450,7 +450,7 @@ class CgroupFS:
         self.prune_tasks()
         self.engine.force_empty(memcg, host_tasks=memcg.is_root)
 
-    # ------------------------------------------------------------------ events (spec 8.1)
+    # ------------------------------------------------------------------ events (kernel/cgroup.c)
     def event_control(self, memcg, s: bytes, req: Request) -> None:
         """cgroup_write_event_control: "<event_fd> <fd> [args]". The fds are the writer's
         (the opener's, through the pidfd taken at open: a reused pid is never asked). As in

@@ -1,6 +1,6 @@
 """Caches and objects: the catalogue's originals, per-memcg copies made on first use, the
 async creation queue, slab growth (which charges) and slab destruction (which uncharges),
-and object allocation and freeing (spec 2.1, 3.1-3.5)."""
+and object allocation and freeing (05/10, 06/10)."""
 import errno
 
 from .errors import EngineError
@@ -23,7 +23,7 @@ class CacheOps:
         if spec.name in self.originals:
             raise EngineError(errno.EEXIST, f"cache {spec.name} exists")
         if not self.free_ids:
-            # The kernel BUG()s here (spec 3.2); we refuse instead.
+            # The kernel BUG()s here (05/10 __kmem_cache_create); we refuse instead.
             raise EngineError(errno.ENOSPC, f"more than MAX_KMEM_CACHE_TYPES="
                               f"{self.config.max_kmem_cache_types} caches")
         cid = self.free_ids.pop(0)  # the lowest free bit
@@ -108,7 +108,7 @@ class CacheOps:
 
     def _select_cache(self, orig: KmemCache, memcg: Memcg, gfp: Gfp, irq: bool,
                       accounted: bool = False) -> KmemCache:
-        """mem_cgroup_get_kmem_cache (spec 3.1): which cache serves this allocation. Whether
+        """mem_cgroup_get_kmem_cache (05/10): which cache serves this allocation. Whether
         it is charged at all is the design's decision (policy.py)."""
         if not self.policy.charges(int(gfp), irq, accounted) or orig.is_copy or memcg is None \
                 or memcg.is_root or memcg.removed:
@@ -123,7 +123,7 @@ class CacheOps:
         return orig
 
     def run_workqueue(self) -> list:
-        """Drain the async creation queue in order (one global work item, spec 3.1)."""
+        """Drain the async creation queue in order (one global work item, 05/10)."""
         made = []
         while self.create_queue:
             memcg, orig = key = next(iter(self.create_queue))
@@ -142,7 +142,7 @@ class CacheOps:
     # ------------------------------------------------------------------ slab pages
     def _grow(self, cache: KmemCache, gfp: Gfp, current, res: Result, memcg=None,
               irq: bool = False):
-        """cache_grow -> kmem_getpages: charge first, then the page (spec 2.1); an off-slab
+        """cache_grow -> kmem_getpages: charge first, then the page (05/10); an off-slab
         cache then allocates the slab descriptor (alloc_slabmgmt), a failure of which gives
         the pages back (opps1: kmem_freepages)."""
         def grow():
@@ -190,7 +190,8 @@ class CacheOps:
 
     def _slab_freed(self, cache: KmemCache):
         def destroy(slab):
-            # kmem_freepages: the cache's memcg pays back, not the freeing task's (spec 2.1).
+            # kmem_freepages: the cache's memcg pays back, not the freeing task's (05/10
+            # mem_cgroup_uncharge_slab).
             self.memcg_uncharge_kmem(cache.memcg, cache.pages * self.page)
             if slab.mgmt:   # slab_destroy: then kmem_cache_free(slabp_cache, slabp)
                 mcache, mslab = slab.mgmt
@@ -205,7 +206,7 @@ class CacheOps:
     # ------------------------------------------------------------------ object allocation
     def alloc(self, orig: KmemCache, count: int, memcg: Memcg, gfp: Gfp = GFP_KERNEL,
               irq: bool = False, task=None, owner=None, accounted: bool = False) -> Result:
-        """kmem_cache_alloc() `count` times by a task of `memcg` (spec 3.1, 2.1). `accounted`:
+        """kmem_cache_alloc() `count` times by a task of `memcg` (05/10). `accounted`:
         the call or cache is marked for accounting (only the optin design looks at it)."""
         res = Result(count)
         cache = self._select_cache(orig, memcg, gfp, irq, accounted)

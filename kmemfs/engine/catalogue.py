@@ -1,5 +1,5 @@
-"""The cache catalogue: /proc/slabinfo 2.1 rows (spec 2.1, 5; shared/data/slabinfo), and the
-geometry rules of 3.3's mm/slab.c on x86_64 that a row does not show: where the slab
+"""The cache catalogue: /proc/slabinfo 2.1 rows (3.3.8 mm/slab.c s_show; shared/data/slabinfo),
+and the geometry rules of 3.3's mm/slab.c on x86_64 that a row does not show: where the slab
 descriptor lives (CFLGS_OFF_SLAB), and for a SLUB row the geometry and tunables SLAB would pick."""
 import errno
 import re

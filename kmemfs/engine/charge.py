@@ -1,6 +1,6 @@
-"""The charge paths: kmem charge and uncharge with the bypass ledger (spec 2.2-2.3, 2.7),
-3.3's memcg charge path with patch 03/10 and the per-CPU stock (2.4-2.5), reclaim, the memcg
-OOM killer, and user pages."""
+"""The charge paths: kmem charge and uncharge with the bypass ledger (01/10 memcg_charge_kmem,
+memcg_uncharge_kmem; 07/10), 3.3's memcg charge path with patch 03/10 and the per-CPU stock (3.3.8
+consume_stock, refill_stock), reclaim, the memcg OOM killer, and user pages."""
 import errno
 
 from .errors import EngineError
@@ -14,7 +14,7 @@ SWAP_CLUSTER_MAX = 32
 
 
 class ChargePath:
-    # ------------------------------------------------------------------ kmem charge (spec 2.2-2.3)
+    # ------------------------------------------------------------------ kmem charge (01/10, 07/10)
     def memcg_charge_kmem(self, memcg, gfp: Gfp, delta: int, current=None) -> int:
         """01/10 + 07/10 + 08/10. Returns OK, or why the slab may not grow: NOMEM, WAIT, or
         OOM_DIE (the charger is dying: 3.3's try_charge left through `bypass:` with -EINTR,
@@ -46,7 +46,8 @@ class ChargePath:
                 self.emit("charge_fail", cgroup=failed.owner.path(), counter="kmem", bytes=delta,
                           gfp=gfp_name(gfp))
                 if not memcg.independent_kmem_limit:
-                    # spec 2.9 d: dependent with a left-over kmem limit; res stays charged.
+                    # 01/10 memcg_charge_kmem: dependent with a left-over kmem limit; res stays
+                    # charged.
                     memcg.quirks.add("kmem_fail_after_res")
                 return NOMEM
         elif self.config.acct_root:
@@ -86,7 +87,7 @@ class ChargePath:
                     memcg.kmem_in_res -= delta
                     if memcg.kmem_in_res < 0:
                         memcg.quirks.add("independent_toggled")
-                self._uncharge(memcg.res, delta, "res")   # memsw is not uncharged (spec 2.3)
+                self._uncharge(memcg.res, delta, "res")   # memsw is not uncharged (01/10)
                 self._oom_recover()
         elif self.config.acct_root:
             self._uncharge(self.root.kmem, delta, "kmem")
@@ -97,7 +98,7 @@ class ChargePath:
                 u.owner.quirks.add("underflow")
             self.emit("uncharge_underflow", cgroup=c.owner.path(), counter=name, bytes=short)
 
-    # ------------------------------------------------------------------ memcg charge (spec 2.4-2.5)
+    # ------------------------------------------------------------------ memcg charge (3.3.8)
     def try_charge(self, memcg: Memcg, gfp: Gfp, n: int, may_oom: bool, current=None) -> int:
         """__mem_cgroup_try_charge of 3.3 with patch 03/10. Returns OK, NOMEM, WAIT or
         OOM_DIE (3.3's `bypass:` exit, -EINTR)."""
@@ -164,7 +165,7 @@ class ChargePath:
         if failed.margin() >= n * self.page:
             return RETRY
         if progress:
-            # 03/10 compares pages with bytes, so any progress retries (spec 2.4, 2.9 e).
+            # 03/10 compares pages with bytes, so any progress retries (mem_cgroup_do_charge).
             return RETRY
         if not oom_check:
             return NOMEM

@@ -1,7 +1,7 @@
 """The invariant checker (issue 2, item 10): a list of violations, empty when all hold.
 
-Documented quirks of the series (spec 1.4, 2.9) are recorded on the memcg where they fire;
-the counter equations are not asserted there, only non-negativity.
+Documented quirks of the series (docs/semantics.md sections 7-9) are recorded on the memcg where
+they fire; the counter equations are not asserted there, only non-negativity.
 """
 
 

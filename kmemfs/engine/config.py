@@ -24,7 +24,7 @@ class Config:
     charge_batch: int = 32
     # Populate the original caches with the catalogue's own object counts, as a booted machine has.
     boot_slabs: bool = True
-    max_kmem_cache_types: int = 300   # MAX_KMEM_CACHE_TYPES in v1/10 (spec 3.2)
+    max_kmem_cache_types: int = 300   # MAX_KMEM_CACHE_TYPES in 05/10
     max_memcgs: int = 65535           # CSS_ID_MAX: mkdir beyond it is ENOSPC
     max_tasks: int = 100000           # simulated tasks: spawn beyond it is ENOSPC
     max_objects: int = 100_000_000    # objects (or pages) one control command may ask for: E2BIG

@@ -1,7 +1,7 @@
 """The accounting engine: 3.3 memcg v1 with the Feb-2012 kmem series applied.
 
-Everything here is synchronous and deterministic. Section numbers refer to
-shared/spec/patchset-spec.md. A charge that would sleep on a memcg whose OOM killer is
+Everything here is synchronous and deterministic. Rules and their sources:
+docs/semantics.md. A charge that would sleep on a memcg whose OOM killer is
 disabled does not block: the operation stops, reports `status == "wait"`, and leaves the
 memcg marked under_oom; the caller waits for `oom_wake_seq` to change (memcg_oom_recover),
 calls `end_oom_wait`, and re-issues what is left.

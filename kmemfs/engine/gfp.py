@@ -13,7 +13,7 @@ class Gfp(enum.IntFlag):
     NOWARN = 0x200
     NOFAIL = 0x800
     NORETRY = 0x1000
-    NOACCOUNT = 0x2000  # spec 2.6: between NORETRY 0x1000 and COMP 0x4000
+    NOACCOUNT = 0x2000  # 04/10: between NORETRY 0x1000 and COMP 0x4000
     THISNODE = 0x40000
 
 

@@ -1,9 +1,9 @@
-"""struct mem_cgroup of 3.3 with the series' kmem fields (spec 1, 8), and tasks."""
+"""struct mem_cgroup of 3.3 with the series' kmem fields (01/10, 07/10), and tasks."""
 from .res_counter import ResCounter
 from .slab import Owner
 
-# memory.stat local keys in 3.3 order; "swap" only with swap accounting (spec 8.4),
-# kernel_bypassed_memory appended by patch 07/10 (spec 1.5, 2.7).
+# memory.stat local keys in 3.3 order; "swap" only with swap accounting (3.3.8
+# memcg_stat_strings[]), kernel_bypassed_memory appended by patch 07/10.
 STAT_KEYS = ("cache", "rss", "mapped_file", "pgpgin", "pgpgout", "swap", "pgfault", "pgmajfault",
              "inactive_anon", "active_anon", "inactive_file", "active_file", "unevictable",
              "kernel_bypassed_memory")
@@ -68,10 +68,10 @@ class Memcg:
         self.dcache = Owner(f"dcache {name}", self)   # dentries and inodes of `touch`
         self.files = {"cached": 0, "negative": 0, "uncached": 0}  # `touch`/`unlink` files
         self.oom_wake_seq = 0         # bumped by memcg_oom_recover: waiters re-try
-        self.kmem_leaked = 0          # deleted children's kmem left in this counter (spec 4.1 c)
+        self.kmem_leaked = 0          # deleted children's kmem left here (02/10 memcg_kmem_move)
         self.quirks = set()           # documented quirks that relax the invariants here
         self.kmem_in_res = 0          # kmem bytes now held in res (for the invariant checker)
-        self.kmem_in_memsw = 0        # kmem bytes ever charged to memsw: never uncharged (spec 2.3)
+        self.kmem_in_memsw = 0        # kmem bytes ever charged to memsw: never uncharged (01/10)
         self.threshold_checks = 0     # times mem_cgroup_threshold looked at this memcg
 
     def detach(self) -> None:

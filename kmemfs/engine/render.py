@@ -1,4 +1,5 @@
-"""Text of the read-only views: memory.stat, numa_stat, oom_control, slabinfo (spec 5, 8.4)."""
+"""Text of the read-only views: memory.stat, numa_stat, oom_control, slabinfo (09/10; 3.3.8
+mem_control_stat_show)."""
 from .memcg import STAT_KEYS
 
 SLABINFO_HEADER = ("slabinfo - version: 2.1\n"

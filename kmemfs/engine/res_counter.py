@@ -1,4 +1,4 @@
-"""kernel/res_counter.c of 3.3, with patch 07/10's underflow clamp (spec A.1, 2.2, 2.3)."""
+"""kernel/res_counter.c of 3.3, with patch 07/10's underflow clamp."""
 import errno
 
 from .config import RESOURCE_MAX

@@ -1,9 +1,10 @@
-"""The SLAB allocator of 3.3 (mm/slab.c) as far as accounting can see it (spec 2.1, 3.3-3.5).
+"""The SLAB allocator of 3.3 (mm/slab.c) as far as accounting can see it (05/10 kmem_getpages,
+kmem_freepages).
 
-A cache holds slabs of `num` objects on `pagesperslab` pages, on three lists (partial, full,
-free; the full list is implicit). Only a grow charges (the slow path, spec 2.1). Objects are
-counted, not materialised: an owner remembers runs of (slab, count), so N objects cost
-O(slabs touched), not O(N).
+A cache holds slabs of `num` objects on `pagesperslab` pages, on three lists (partial, full, free;
+the full list is implicit). Only a grow charges (the slow path, 05/10 kmem_getpages). Objects are
+counted, not materialised: an owner remembers runs of (slab, count), so N objects cost O(slabs
+touched), not O(N).
 
 In front of the slabs sit SLAB's per-CPU array caches and the node's shared array
 (struct array_cache): frees go to the CPU's array and reach the slabs in batches

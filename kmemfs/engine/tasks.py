@@ -19,8 +19,8 @@ DENTRY, INODE = "dentry", "inode_cache"
 class TaskOps:
     # ------------------------------------------------------------------ tasks
     def attach(self, memcg: Memcg, pid: int, comm: str = "") -> Task:
-        """Write `pid` to memcg's tasks: join, leaving the old cgroup. Kernel charges stay
-        behind; anon charges move only with move_charge_at_immigrate bit 0 (spec 4.1, 8.5)."""
+        """Write `pid` to memcg's tasks: join, leaving the old cgroup. Kernel charges stay behind;
+        anon charges move only with move_charge_at_immigrate bit 0 (3.3.8 mem_cgroup_move_charge)."""
         if memcg.removed:
             raise EngineError(errno.ENODEV, "cgroup was removed")
         t = self.tasks.get(pid)

@@ -1,5 +1,5 @@
 """The memcg tree and its settings: mkdir, rename, rmdir with the series' memcg_kmem_move,
-force_empty (spec 4), and every settable knob with its checks (spec 1.2, 1.4, 8.1-8.2)."""
+force_empty (02/10), and every settable knob with its checks (3.3.8 mm/memcontrol.c, 01/10)."""
 import errno
 
 from .config import RESOURCE_MAX
@@ -35,7 +35,7 @@ class TreeOps:
         memcg.parent.children[new] = memcg   # existing copies keep their names
 
     def rmdir(self, memcg: Memcg) -> None:
-        """cgroup_rmdir -> pre_destroy -> mem_cgroup_force_empty(free_all=false) (spec 4.1)."""
+        """cgroup_rmdir -> pre_destroy -> mem_cgroup_force_empty(free_all=false) with 02/10."""
         if memcg.is_root:
             raise EngineError(errno.EBUSY, "the root cgroup cannot be removed")
         self._check_empty(memcg)
@@ -43,10 +43,11 @@ class TreeOps:
         self.memcg_kmem_move(memcg)
         self._move_user_pages(memcg)
         if memcg.res.usage:
-            # Left-over res (independent toggled with charges out, spec 1.4): the kernel's
-            # loop spins until a signal; we answer as the interrupted loop would.
+            # Left-over res (independent toggled with charges out, docs/semantics.md section 9):
+            # the kernel's loop spins until a signal; we answer as the interrupted loop would.
             raise EngineError(errno.EINTR, f"res usage {memcg.res.usage} never drains "
-                              "(independent_kmem_limit toggled with charges out, spec 1.4)")
+                              "(independent_kmem_limit toggled with charges out, "
+                              "docs/semantics.md section 9)")
         if memcg.memsw.parent is not None:       # its never-uncharged kmem stays up there
             memcg.parent.kmem_in_memsw += memcg.kmem_in_memsw
         del memcg.parent.children[memcg.name]
@@ -89,8 +90,8 @@ class TreeOps:
         memcg.kmem_bypassed = 0
         amount = memcg.kmem.usage
         memcg.kmem.usage = 0
-        # spec 4.1 c: ancestors keep the bytes. Book them on the kmem parent only: higher
-        # ancestors already see them inside that parent's usage (check.py sums children).
+        # 02/10 memcg_kmem_move: ancestors keep the bytes. Book them on the kmem parent only:
+        # higher ancestors already see them inside that parent's usage (check.py sums children).
         if memcg.kmem.parent is not None:
             memcg.kmem.parent.owner.kmem_leaked += amount
         if not memcg.independent_kmem_limit:
@@ -101,7 +102,7 @@ class TreeOps:
             memcg.kmem_in_res = 0
         if self.config.acct_root and amount:
             if memcg.kmem_leaked:
-                # spec 4.1 c + 2.8 step 5: a deleted child's bytes, kept here, were moved to
+                # 02/10 + 08/10 memcg_kmem_move: a deleted child's bytes, kept here, were moved to
                 # root when the child went; moving `amount` counts them in root a second time.
                 self.root.quirks.add("kmem_leak_moved_twice")
             self.root.kmem.charge_nofail(amount)
@@ -124,7 +125,8 @@ class TreeOps:
                         self._uncharge(parent.memsw, gone * self.page, "memsw")
                 self._reparent(memcg, parent)
                 return
-            # ENOMEM from the parent: reclaim here once, then EBUSY (spec 4.1).
+            # ENOMEM from the parent: reclaim here once, then EBUSY (3.3.8
+            # mem_cgroup_force_empty).
             self.reclaim(memcg, memcg.cache_bytes // self.page)
         raise EngineError(errno.EBUSY, "the parent cannot take the remaining pages")
 
@@ -150,7 +152,7 @@ class TreeOps:
         memcg.rss_bytes = memcg.cache_bytes = 0
 
     def force_empty(self, memcg: Memcg, host_tasks: bool = False) -> None:
-        """memory.force_empty (free_all=true) with patch 02/10 (spec 4.2)."""
+        """memory.force_empty (free_all=true) with patch 02/10."""
         if memcg.is_root or host_tasks:
             raise EngineError(errno.EBUSY, "cgroup has tasks")
         self._check_empty(memcg)
@@ -161,11 +163,11 @@ class TreeOps:
         self._move_user_pages(memcg)
         left = memcg.res.usage - (memcg.kmem.usage if not memcg.independent_kmem_limit else 0)
         if left:
-            # The loop's exit test would never hold (or wraps, spec 4.2 edge): it spins
-            # until a signal; we answer as the interrupted loop would.
+            # The loop's exit test would never hold (or wraps: 02/10's unsigned long usage): it
+            # spins until a signal; we answer as the interrupted loop would.
             raise EngineError(errno.EINTR, f"res - kmem = {left}: force_empty cannot finish")
 
-    # ------------------------------------------------------------------ settings (spec 8.1-8.2, 1.2)
+    # ------------------------------------------------------------------ settings (3.3.8, 01/10)
     def swappiness(self, memcg: Memcg) -> int:
         return self.config.vm_swappiness if memcg.is_root else memcg.swappiness
 
@@ -208,7 +210,8 @@ class TreeOps:
         memcg.res.soft_limit = val
 
     def set_kmem_limit(self, memcg: Memcg, val: int) -> None:
-        """spec 1.2: root EINVAL, only while independent (EINVAL), EBUSY over usage, no reclaim."""
+        """01/10 + 3.3.8 mem_cgroup_write: root EINVAL, only while independent (EINVAL), EBUSY
+        over usage, no reclaim."""
         if memcg.is_root:
             raise EngineError(errno.EINVAL, "no limits on the root cgroup")
         if not memcg.independent_kmem_limit:
@@ -223,7 +226,8 @@ class TreeOps:
         memcg.tcp.set_limit(min(val, RESOURCE_MAX))
 
     def set_independent(self, memcg: Memcg, val: int) -> None:
-        """spec 1.4: no checks at all in v1/10; the old kmem limit stays."""
+        """01/10 mem_cgroup_independent_kmem_limit_write: no checks at all; the old kmem limit
+        stays."""
         new = bool(val)
         if new != memcg.independent_kmem_limit and (memcg.kmem.usage or memcg.kmem_bypassed):
             memcg.quirks.add("independent_toggled")

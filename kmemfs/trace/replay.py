@@ -359,8 +359,8 @@ class Session:
         if e.event_seq != self.seen_event:
             self._kills()          # the last event's OOM kills (or a ctl `exit` of our tasks)
         if e.create_queue:
-            # A copy queued by a non-GFP_KERNEL allocation (spec 3.1): the kernel's work item
-            # runs promptly, so it exists for the next event.
+            # A copy queued by a non-GFP_KERNEL allocation (05/10 mem_cgroup_get_kmem_cache): the
+            # kernel's work item runs promptly, so it exists for the next event.
             e.run_workqueue()
         handler = self.handlers.get(ev.op)
         if handler is not None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# An independent kmem limit stops a dentry flood (spec 1.2, 1.3).
+# An independent kmem limit stops a dentry flood (01/10 memcg_charge_kmem).
 #
 # With memory.kmem.independent_kmem_limit=1 the cgroup's slab pages are charged to the kmem
 # counter only: memory.kmem.limit_in_bytes is the one limit, a failed charge is a plain

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Dependent mode (the default): kernel memory is also charged to memory.usage_in_bytes, so a
 # slab allocation at the limit reclaims the cgroup's page cache, then calls the memcg OOM
-# killer, which kills the task with the most memory (spec 1.3, 2.4).
+# killer, which kills the task with the most memory (01/10; 3.3.8 __mem_cgroup_try_charge,
+# oom_badness).
 . "$(dirname "$0")/lib.sh" "$@"
 fresh dep
 CG=$MP/dep

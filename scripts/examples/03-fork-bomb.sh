@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A fork bomb contained by a kmem limit: every fork allocates task_struct, cred, signal,
 # sighand, files, fs, mm_struct, VMAs, anon_vma and pid objects from per-cgroup caches, so
-# an independent kmem limit makes fork fail with ENOMEM (spec 1.3, 3.1).
+# an independent kmem limit makes fork fail with ENOMEM (01/10, 05/10).
 . "$(dirname "$0")/lib.sh" "$@"
 fresh bomb
 CG=$MP/bomb

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Per-cgroup kmem_caches (spec 3.1-3.4): the first allocation of a type by a cgroup creates
-# its copy, named orig(basename), newest first in slabinfo. A GFP_KERNEL allocation creates it
-# at once; a GFP_NOFS one queues the creation and is served, unaccounted, from the global cache
-# until the workqueue runs. Copies use the basename only, so names can repeat.
+# Per-cgroup kmem_caches (05/10 mem_cgroup_get_kmem_cache): the first allocation of a type by a
+# cgroup creates its copy, named orig(basename), newest first in slabinfo. A GFP_KERNEL
+# allocation creates it at once; a GFP_NOFS one queues the creation and is served, unaccounted,
+# from the global cache until the workqueue runs. Copies use the basename only, so names can
+# repeat.
 . "$(dirname "$0")/lib.sh" "$@"
 fresh a; fresh b
 for d in x y; do [ -d $MP/$d/web ] && rmdir $MP/$d/web; [ -d $MP/$d ] || mkdir $MP/$d; mkdir $MP/$d/web; done

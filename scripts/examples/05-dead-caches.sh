@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# rmdir leaves `...dead` caches (spec 4.1, 3.5): the cgroup's copies are renamed
-# orig(name)dead, detached, and destroyed once they hold no slab pages. Dentries outlive the
-# cgroup until drop_caches frees them; SLAB keeps freed objects in its array caches and empty
-# slabs (up to free_limit) until reaped.
+# rmdir leaves `...dead` caches (05/10 memcg_slab_move, kmem_cache_drop_ref): the cgroup's
+# copies are renamed orig(name)dead, detached, and destroyed once they hold no slab pages.
+# Dentries outlive the cgroup until drop_caches frees them; SLAB keeps freed objects in its
+# array caches and empty slabs (up to free_limit) until reaped.
 . "$(dirname "$0")/lib.sh" "$@"
 fresh t
 ctl touch 100 cg=/t

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# __GFP_NOACCOUNT is never charged (spec 2.6); GFP_NOIO can now fail where it never failed
-# before (the cover letter's caveat, spec 2.4): at the limit a NOIO charge may reclaim but
+# __GFP_NOACCOUNT is never charged (04/10, 05/10); GFP_NOIO can now fail where it never failed
+# before (the cover letter's caveat, 00/10): at the limit a NOIO charge may reclaim but
 # may not OOM, so it returns -ENOMEM, while GFP_KERNEL would call the OOM killer.
 . "$(dirname "$0")/lib.sh" "$@"
 fresh n

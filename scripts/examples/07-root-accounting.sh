@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Root accounting (CONFIG_CGROUP_MEM_RES_CTLR_KMEM_ACCT_ROOT, patch 08/10, spec 2.8): needs a
+# Root accounting (CONFIG_CGROUP_MEM_RES_CTLR_KMEM_ACCT_ROOT, patch 08/10): needs a
 # mount with -o acct_root. Every slab page not charged to a non-root cgroup is charged to
 # root's kmem counter, boot-time slab included; at rmdir the cgroup's remaining kmem moves
 # to root, and the dead caches' later frees come off root.
