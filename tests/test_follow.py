@@ -8,6 +8,7 @@ list; options/event-fork adds a child at fork, a task's pid leaves the list when
 Kernel semantics: a forked child starts in its parent's cgroup (kernel/cgroup.c cgroup_fork),
 a slab object stays charged to the cache copy it came from until freed (spec 3.1, 3.3).
 """
+import contextlib
 import os
 import signal
 import subprocess
@@ -360,8 +361,29 @@ def test_the_daemon_pid_is_not_traced(follow_mount):
     assert "pids=0 " in config_of(m)["follow_stats"]
 
 
+def private_tracefs_mounts():
+    with open("/proc/self/mounts") as f:
+        return {ln.split()[1] for ln in f if ln.split()[2] == "tracefs"
+                and os.path.basename(ln.split()[1]).startswith("kmemfs_tracefs_")}
+
+
+@pytest.fixture
+def no_leaked_tracefs():
+    """A SIGKILLed daemon cannot unmount the private tracefs it mounted (when none was
+    mounted at /sys/kernel/tracing): unmount the ones this test left, after its instances
+    are gone."""
+    before = private_tracefs_mounts()
+    yield
+    for path in private_tracefs_mounts() - before:
+        if not [n for n in os.listdir(os.path.join(path, "instances"))
+                if n.startswith("kmemfs_")]:
+            subprocess.run(["umount", path], capture_output=True)
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
+
 @needs_tracefs
-def test_instances_go_at_unmount_and_after_sigkill(follow_mount):
+def test_instances_go_at_unmount_and_after_sigkill(no_leaked_tracefs, follow_mount):
     m = follow_mount("a")
     pid = m.proc.pid
     assert follow_instances() == [f"kmemfs_{pid}_follow_alloc", f"kmemfs_{pid}_follow_free"]

@@ -91,11 +91,6 @@ class Tracefs(contextlib.AbstractContextManager):
         for p in itertools.chain(TRACEFS_CANDIDATES, _mounted_tracefs()):
             if _is_tracefs(p):
                 self.path = p
-                # A private mount a SIGKILLed kmemfs left behind: adopt it, so it is
-                # unmounted on exit (umount fails harmlessly while another user holds it)
-                if os.path.dirname(p) == tempfile.gettempdir() and \
-                        os.path.basename(p).startswith(PRIVATE_PREFIX):
-                    self._mounted = p
                 return self
         d = tempfile.mkdtemp(prefix=PRIVATE_PREFIX)
         r = subprocess.run(["mount", "-t", "tracefs", "nodev", d], capture_output=True,
