@@ -131,6 +131,8 @@ async def _pump(fs, ops, tracer) -> None:
         if f.release(upto - f.window_ns):
             fs.after_change()
             ops.kick()
+            if ops.open_cached:           # -o page_cache: long-held fds see the new counters
+                await ops._refresh_open()
         if time.monotonic() >= next_lost:
             next_lost = time.monotonic() + LOST_EVERY
             if f.set_lost(tracer.lost()):
