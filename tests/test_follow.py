@@ -404,3 +404,17 @@ def test_follow_needs_root(tmp_path):
         pytest.skip("runs as root: the refusal is for other users")
     r = sh(f"{PY} -m kmemfs mount {tmp_path}/m -o follow", cwd=os.path.dirname(__file__))
     assert r.returncode == 1 and "root" in r.stderr
+
+
+def test_follow_mount_options():
+    """-o follow and -o follow_buffer_kb=N are the adapter's (never libfuse's); a buffer
+    size must be a positive integer."""
+    from kmemfs.fuse import follow as ffollow
+    from kmemfs.fuse.daemon import ADAPTER_OPTIONS, MountError, parse_options
+    _, opts = parse_options("follow,follow_buffer_kb=2048,allow_other")
+    assert opts == {"follow", "follow_buffer_kb=2048", "allow_other"}
+    assert ffollow.buffer_kb(opts) == 2048
+    assert {o.partition("=")[0] for o in opts} - ADAPTER_OPTIONS == {"allow_other"}
+    for bad in ("follow_buffer_kb", "follow_buffer_kb=0", "follow_buffer_kb=x"):
+        with pytest.raises(MountError, match="bad value"):
+            parse_options(bad)

@@ -28,7 +28,8 @@ BOOL_OPTIONS = {"acct_root": "acct_root", "boot_slabs": "boot_slabs",
 INT_OPTIONS = {"charge_batch", "nr_cpus", "page_size", "max_memcgs", "vm_swappiness",
                "event_log_size", "max_tasks", "max_objects"}
 FUSE_OPTIONS = {"allow_other", "nonempty"}   # nonempty is kmemfs's own: see check_mountpoint
-ADAPTER_OPTIONS = {"page_cache", "follow"}   # for the adapter (ops.py, follow.py), not libfuse
+# for the adapter (ops.py, follow.py), never passed to libfuse
+ADAPTER_OPTIONS = {"page_cache", "follow", "follow_buffer_kb"}
 
 
 def parse_options(text: str):
@@ -37,12 +38,12 @@ def parse_options(text: str):
     for opt in filter(None, (text or "").split(",")):
         key, _, val = opt.partition("=")
         try:
-            if key in (FUSE_OPTIONS | ADAPTER_OPTIONS) and not val:
-                fuse.add(key)
-            elif key == "follow_buffer_kb":     # tracefs buffer per CPU and instance
+            if key == "follow_buffer_kb":       # tracefs buffer per CPU and instance
                 if int(val) < 1:
                     raise ValueError
                 fuse.add(f"{key}={int(val)}")
+            elif key in (FUSE_OPTIONS | ADAPTER_OPTIONS) and not val:
+                fuse.add(key)
             elif key == "noswapaccount" and not val:
                 cfg = replace(cfg, swap_account=False)
             elif key == "swapaccount":
@@ -281,8 +282,8 @@ def serve(mountpoint: str, fs: CgroupFS, fuse_opts=(), ready=None, state_file=No
     try:
         ops = Operations(fs, mountpoint, page_cache="page_cache" in fuse_opts)
         opts = set(pyfuse3.default_options) | {"fsname=kmemfs", "subtype=kmemfs"}
-        opts |= {o for o in fuse_opts if not o.startswith("follow_buffer_kb=")} \
-            - ADAPTER_OPTIONS - {"nonempty"}
+        opts |= {o for o in fuse_opts
+                 if o.partition("=")[0] not in ADAPTER_OPTIONS | {"nonempty"}}
         pyfuse3.init(ops, mountpoint, opts)
         log.info("mounted kmemfs at %s", mountpoint)
         if ready:
