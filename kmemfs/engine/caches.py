@@ -5,6 +5,7 @@ import errno
 
 from .errors import EngineError
 from .gfp import GFP_KERNEL, Gfp
+from . import policy as _policy
 from .memcg import Memcg
 from .result import OK, OOM_DIE, WAIT, Result
 from .catalogue import enable_cpucache, off_slab
@@ -110,8 +111,9 @@ class CacheOps:
                       accounted: bool = False) -> KmemCache:
         """mem_cgroup_get_kmem_cache (05/10): which cache serves this allocation. Whether
         it is charged at all is the design's decision (policy.py)."""
-        if not self.policy.charges(int(gfp), irq, accounted) or orig.is_copy or memcg is None \
-                or memcg.is_root or memcg.removed:
+        # Cheapest tests first (every replayed allocation): a copy, no memcg, root, removed.
+        if orig.orig is not None or memcg is None or memcg.parent is None or memcg.removed \
+                or not _policy.DESIGNS[self.config.design].charges(int(gfp), irq, accounted):
             return orig
         c = memcg.slabs.get(orig.id)
         if c is not None:

@@ -73,15 +73,6 @@ class ArrayCache:
             runs.append([slab, k])
         self.avail += k
 
-    def pop_one(self):
-        """The top entry's slab: pop_top(1) without its list (every replayed allocation)."""
-        run = self.runs[-1]
-        run[1] -= 1
-        if not run[1]:
-            self.runs.pop()
-        self.avail -= 1
-        return run[0]
-
     def pop_top(self, k: int) -> list:
         """The top k entries, in the order they are popped (newest first)."""
         return self._pop(k, -1)
@@ -287,7 +278,12 @@ class KmemCache:
         if not ac.avail and not self.refill(ac, grow):
             return None
         ac.touched = True
-        return ac.pop_one()
+        run = ac.runs[-1]                  # pop_top(1) without its list
+        run[1] -= 1
+        if not run[1]:
+            ac.runs.pop()
+        ac.avail -= 1
+        return run[0]
 
     def refill(self, ac: ArrayCache, grow) -> bool:
         """cache_alloc_refill up to the final pop: from the shared array, else batchcount

@@ -16,8 +16,9 @@ import bisect
 import errno
 import operator
 import re
-from itertools import islice
+from itertools import chain, islice
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..engine import Config, Engine, EngineError, catalogue as _catalogue, policy
 from . import names
@@ -92,12 +93,16 @@ class Stats:
     inexact: list = field(default_factory=list)  # why the numbers are not exact
 
 
-class _Obj:
-    __slots__ = ("cache", "slab", "owner", "size", "charged")
+class _Obj(NamedTuple):
+    """A live object: the cache copy and slab it came from, who holds it, its size."""
+    cache: object
+    slab: object
+    owner: object
+    size: int
+    charged: bool
 
-    def __init__(self, cache, slab, owner, size, charged):
-        self.cache, self.slab, self.owner = cache, slab, owner
-        self.size, self.charged = size, charged
+
+_new = tuple.__new__       # an _Obj without NamedTuple's Python-level __new__ (every allocation)
 
 
 class _Kind:
@@ -240,7 +245,7 @@ class Session:
     def _alloc(self, ev) -> None:
         s = self.stats
         s.allocs += 1
-        pid = ev.pid
+        pid = ev[2]                              # fields by index: every allocation
         if pid in self.killed:
             s.dropped_killed += 1
             return
@@ -256,7 +261,7 @@ class Session:
         if t is None:                             # follow: not a followed task
             s.dropped_unfollowed += 1
             return
-        ptr = ev.ptr
+        ptr = ev[5]
         live = self.live
         if self.refused:
             self.refused.discard(ptr)
@@ -296,10 +301,10 @@ class Session:
         n = s.live_bytes = s.live_bytes + size
         if n > s.peak_live_bytes:
             s.peak_live_bytes = n
-        o = _Obj(cache, slab, owner, size, charged)
+        o = _new(_Obj, (cache, slab, owner, size, charged))
         if self.pending_free:
             t0 = self.pending_free.pop(ptr, None)
-            if t0 is not None and ev.time_ns - t0 <= self.resolution:
+            if t0 is not None and ev[1] - t0 <= self.resolution:
                 s.reordered += 1              # its free came first within one clock tick
                 s.unmatched_frees -= 1
                 self._free_obj(o)
@@ -335,66 +340,71 @@ class Session:
     def _free(self, ev) -> None:
         s = self.stats
         s.frees += 1
-        if ev.pid in self.killed:
+        if ev[2] in self.killed:                 # [2]: pid
             s.dropped_killed += 1
             return
-        ptr = ev.ptr
+        ptr = ev[5]                              # [5]: ptr
         o = self.live.pop(ptr, None)
-        if o is None:
-            if self.refused and ptr in self.refused:
-                self.refused.discard(ptr)
-                s.refused_frees += 1
-            elif ptr:
-                s.unmatched_frees += 1
-                if len(self.pending_free) > 100_000:
-                    self.pending_free.clear()
-                self.pending_free[ptr] = ev.time_ns
-            return
-        self._free_obj(o)
+        if o is not None:
+            self.engine.free_object(o[0], o[2], o[1])      # cache, owner, slab
+            s.live_bytes -= o[3]                 # size
+            if o[4]:                             # charged
+                s.live_charged_bytes -= o[3]
+        elif self.refused and ptr in self.refused:
+            self.refused.discard(ptr)
+            s.refused_frees += 1
+        elif ptr:
+            s.unmatched_frees += 1
+            if len(self.pending_free) > 100_000:
+                self.pending_free.clear()
+            self.pending_free[ptr] = ev[1]
 
     # ------------------------------------------------------------------ driving
     def feed(self, ev) -> None:
-        self.stats.events += 1
-        e = self.engine
-        if e.event_seq != self.seen_event:
-            self._kills()          # the last event's OOM kills (or a ctl `exit` of our tasks)
-        if e.create_queue:
-            # A copy queued by a non-GFP_KERNEL allocation (05/10 mem_cgroup_get_kmem_cache): the
-            # kernel's work item runs promptly, so it exists for the next event.
-            e.run_workqueue()
-        handler = self.handlers.get(ev.op)
-        if handler is not None:
-            handler(ev)
+        """One event (the ctl `replay ev` verb, follow)."""
+        self.feed_all((ev,))
+
+    def feed_all(self, events) -> None:
+        """Replay events in the order given (run orders a trace's)."""
+        e, s, handlers = self.engine, self.stats, self.handlers
+        for ev in events:
+            s.events += 1
+            if e.event_seq != self.seen_event:
+                self._kills()      # the last event's OOM kills (or a ctl `exit` of our tasks)
+            if e.create_queue:
+                # A copy queued by a non-GFP_KERNEL allocation (05/10 mem_cgroup_get_kmem_cache):
+                # the kernel's work item runs promptly, so it exists for the next event.
+                e.run_workqueue()
+            handlers[ev[3]](ev)                  # [3]: op
 
     def run(self, events, window_ns: int = WINDOW_NS, step_ns: int = 0) -> Stats:
         """Replay everything. step_ns > 0: a point of (ns since the first event, live charged
         bytes, charged slab bytes) in self.timeline every step_ns of trace time."""
-        feed = self.feed
-        if not step_ns:
-            for ev in ordered(events, window_ns, self.stats):
-                feed(ev)
-        else:
-            t0 = nxt = None
-            t = 0
-            for ev in ordered(events, window_ns, self.stats):
-                t = ev.time_ns
-                if nxt is None:
-                    t0 = nxt = t
-                if t >= nxt:
-                    self.sample(t - t0)
-                    nxt = t + step_ns
-                feed(ev)
-            if t0 is not None:
-                self.sample(t - t0)
-            self.start_ns = t0
+        evs = ordered(events, window_ns, self.stats)
+        self.feed_all(self._sampled(evs, step_ns) if step_ns else evs)
         self.engine.run_workqueue()
         return self.finish()
+
+    def _sampled(self, events, step_ns: int):
+        t0 = nxt = None
+        t = 0
+        for ev in events:
+            t = ev[1]                            # [1]: time_ns
+            if nxt is None:
+                t0 = nxt = t
+            if t >= nxt:
+                self.sample(t - t0)
+                nxt = t + step_ns
+            yield ev
+        if t0 is not None:
+            self.sample(t - t0)
+        self.start_ns = t0
 
     def sample(self, t: int) -> None:
         self.timeline.append((t, self.stats.live_charged_bytes, self.memcg.kmem.usage))
 
 
-_TIME = operator.attrgetter("time_ns")
+_TIME = operator.itemgetter(1)          # Event.time_ns (an index: cheaper than the name)
 
 
 def ordered(events, window_ns: int, stats: Stats = None, chunk: int = 4096):
@@ -404,6 +414,12 @@ def ordered(events, window_ns: int, stats: Stats = None, chunk: int = 4096):
     was read before the new one, so sorting by time alone keeps equal times in file order:
     (time, seq), seq being the position in the file, without a tuple key per event. A record
     that arrives after later ones were released is replayed anyway and counted in stats.late."""
+    return chain.from_iterable(_released(events, window_ns, stats, chunk))
+
+
+def _released(events, window_ns: int, stats, chunk: int):
+    """ordered's lists of events released together (chain walks them in C: no generator step
+    per event)."""
     events = iter(events)
     buf, newest, last, late = [], -1, -1, 0
     while True:
@@ -418,12 +434,12 @@ def ordered(events, window_ns: int, stats: Stats = None, chunk: int = 4096):
         if i:
             late += bisect.bisect_left(buf, last, hi=i, key=_TIME)
             last = buf[i - 1].time_ns
-            yield from buf[:i]
+            yield buf[:i]
             del buf[:i]
     buf.sort(key=_TIME)
     if buf:
         late += bisect.bisect_left(buf, last, key=_TIME)
-    yield from buf
+    yield buf
     if stats is not None:
         stats.late += late
 
