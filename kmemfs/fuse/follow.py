@@ -20,10 +20,6 @@ log = logging.getLogger("kmemfs")
 TICK = 0.02            # seconds: the longest a free waits to be read (the alloc pipe wakes us)
 LOST_EVERY = 1.0       # seconds between looks at the kernel's lost counters
 MAX_DRAIN = 8 << 20    # bytes read from one pipe per round, so requests get their turn
-# Under glibc's mmap threshold (128 KiB): a 1 MiB read buffer is mmap'ed and munmap'ed on
-# every read, and those frees (vm_area_struct, anon_vma_chain) are traced by the free
-# instance: the pipe never reads empty (100k frees/s of our own, a CPU).
-READ_SIZE = 64 << 10
 
 
 class FollowError(Exception):
@@ -75,7 +71,7 @@ def _drain(fd, feed) -> bool:
     n = 0
     while n < MAX_DRAIN:
         try:
-            data = os.read(fd, READ_SIZE)
+            data = os.read(fd, capture.READ_CHUNK)
         except BlockingIOError:
             return True
         except InterruptedError:

@@ -48,7 +48,11 @@ DEFAULT_FREE_TAIL = 1.0
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 # kmemfs trace's, and a following daemon's (live.py)
 INSTANCE_RE = re.compile(r"^kmemfs_(\d+)_(alloc|free|follow_alloc|follow_free)$")
-READ_CHUNK = 1 << 20
+# trace_pipe reads (kmemfs trace and -o follow), under glibc's mmap threshold (128 KiB): a 1 MiB
+# buffer is mmap'ed and munmap'ed on every read, and those frees (vm_area_struct,
+# anon_vma_chain) are recorded by the system-wide free instance; a following daemon's pipe then
+# never read empty (100k frees/s of its own, a CPU).
+READ_CHUNK = 64 << 10
 
 
 class TraceError(Exception):
