@@ -38,6 +38,23 @@ def spread(xs) -> str:
     return f"{(min(xs) / m - 1) * 100:+.0f}/{(max(xs) / m - 1) * 100:+.0f}%"
 
 
+def cpu_jiffies():
+    """(all, steal) jiffies of /proc/stat's "cpu" line: on a VM, steal is time the host gave
+    to someone else, which slows every timed run alike. (0, 0) where there is no such line."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return sum(v[:8]), (v[7] if len(v) > 7 else 0)    # guest time is already in user
+
+
+def steal_share(before, after) -> str:
+    """Steal as a share of the CPU time between two cpu_jiffies() readings."""
+    total = after[0] - before[0]
+    return f"{(after[1] - before[1]) / total * 100:.0f}%" if total > 0 else "?"
+
+
 def say(text: str = "") -> None:
     if _console is not None:
         _console.print(text, highlight=False)

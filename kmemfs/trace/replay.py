@@ -60,7 +60,7 @@ class CacheStats:
     why: dict = field(default_factory=dict)     # reason the designs differ -> bytes
 
 
-@dataclass
+@dataclass(slots=True)        # slots: counted on every event
 class Stats:
     design: str = "series"
     events: int = 0
