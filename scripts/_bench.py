@@ -39,20 +39,24 @@ def spread(xs) -> str:
 
 
 def cpu_jiffies():
-    """(all, steal) jiffies of /proc/stat's "cpu" line: on a VM, steal is time the host gave
-    to someone else, which slows every timed run alike. (0, 0) where there is no such line."""
+    """(busy, steal) jiffies of /proc/stat's "cpu" line: on a VM, steal is time the host gave
+    to someone else, which slows every timed run alike. Busy leaves out idle and iowait (an
+    idle vCPU is not robbed), so one stolen CPU of one busy one reads 100%. (0, 0) where there
+    is no such line."""
     try:
         with open("/proc/stat") as f:
             v = [int(x) for x in f.readline().split()[1:]]
     except (OSError, ValueError):
         return 0, 0
-    return sum(v[:8]), (v[7] if len(v) > 7 else 0)    # guest time is already in user
+    if len(v) < 8:
+        return 0, 0
+    return sum(v[:8]) - v[3] - v[4], v[7]      # guest time is already in user
 
 
 def steal_share(before, after) -> str:
-    """Steal as a share of the CPU time between two cpu_jiffies() readings."""
-    total = after[0] - before[0]
-    return f"{(after[1] - before[1]) / total * 100:.0f}%" if total > 0 else "?"
+    """Steal as a share of the busy CPU time between two cpu_jiffies() readings."""
+    busy = after[0] - before[0]
+    return f"{(after[1] - before[1]) / busy * 100:.0f}%" if busy > 0 else "?"
 
 
 def say(text: str = "") -> None:

@@ -155,7 +155,7 @@ def bench_replay(reps, quick):
                      f"{rate / REPLAY_TARGET:.2f}" + ("" if rate >= REPLAY_TARGET else " FAIL"),
                      B.steal_share(j0, B.cpu_jiffies())])
     B.table("replay: events/s through Session.run, best of repeats (floor: the bare engine calls;"
-            " steal: the VM's share of CPU time taken by the host meanwhile)",
+            " steal: the share of busy CPU time the host took from this VM during the runs)",
             ["design", "events", "events/s", "floor events/s", "x floor", "target", "headroom",
              "steal"], rows)
 

@@ -128,6 +128,46 @@ def test_optin_charges_only_what_is_marked():
     assert optin.stats.caches["dentry"].why == {policy.NOT_MARKED: 20 * DENTRY}
 
 
+@pytest.mark.parametrize("freed,live,charged", [(0xa0, DENTRY, 0), (0xb0, DENTRY, DENTRY)])
+def test_a_free_takes_its_bytes_off_live_and_off_charged_only_if_charged(freed, live, charged):
+    """Under optin one dentry is marked (charged), one is not; freeing either takes its bytes
+    off the live count, and off the charged count only when it was charged."""
+    events = [ev(0, 1000, "alloc", ptr=0xa0, accounted=True),
+              ev(1, 2000, "alloc", ptr=0xb0, accounted=False), ev(2, 3000, "free", ptr=freed)]
+    s = run(events, design="optin", remove_at_end=False).stats
+    assert (s.live_bytes, s.live_charged_bytes) == (live, charged)
+    assert (s.peak_live_bytes, s.peak_live_charged_bytes) == (2 * DENTRY, DENTRY)
+
+
+def test_timeline_samples_before_the_event_that_crosses_each_step():
+    """Session.run(step_ns): a point (ns since the first event, live charged bytes, charged
+    slab bytes) at the first event, before the first event at or past each step after the
+    last point, and after the last event. Five dentries 1 us apart, steps of 2.5 us: points
+    at 0 (nothing yet), at 3 us (three dentries, one 1-page slab of the copy), at the end."""
+    from kmemfs.trace.replay import build
+    fs, memcg = build(Setup(remove_at_end=False), Header())
+    sess = Session(fs.engine, memcg)
+    sess.run(allocs(5, t0=1000), step_ns=2500)
+    assert sess.timeline == [(0, 0, 0), (3000, 3 * DENTRY, PAGE), (4000, 5 * DENTRY, PAGE)]
+    assert sess.start_ns == 1000
+
+
+def test_ordered_across_chunks_keeps_time_then_file_order_and_counts_late():
+    """ordered() in chunks of 4 with a 15 ns window: each chunk releases what is older than
+    its newest time minus the window and keeps the rest; equal times (40, 40) straddling a
+    chunk keep file order; a record older than what was released (5, read in the third
+    chunk after 60 went out) is replayed at once and counted late."""
+    from kmemfs.trace.replay import Stats
+    times = [10, 20, 30, 40, 40, 60, 70, 80, 5, 90, 100, 110]
+    events = [ev(i, t, "alloc", ptr=0x100 * (i + 1)) for i, t in enumerate(times)]
+    st = Stats()
+    got = [(e.seq, e.time_ns) for e in ordered(events, 15, st, chunk=4)]
+    assert got == [(0, 10), (1, 20), (2, 30), (3, 40), (4, 40), (5, 60), (8, 5), (6, 70),
+                   (7, 80), (9, 90), (10, 100), (11, 110)]
+    assert st.late == 1
+    assert list(ordered([], 15, st, chunk=4)) == [] and st.late == 1
+
+
 def test_nofail_under_optin_is_forced_past_the_limit():
     """try_charge_memcg's force: a NOFAIL charge succeeds over memory.limit_in_bytes. GFP_NOFS
     may not OOM-kill; the first allocation is global (async copy creation, 05/10), the other

@@ -147,6 +147,23 @@ def test_frees_wait_in_the_array_and_cache_reap_drains_a_fifth():
     assert check(e) == []
 
 
+def test_a_descriptor_taken_from_the_array_touches_it():
+    """mm/slab.c ____cache_alloc sets ac->touched on every array hit, the off-slab descriptor's
+    kmem_cache_alloc(slabp_cache) included: the first cache_reap only untouches size-64(a)'s
+    array, the second drains half (rounded up) of its 15 (cache_alloc_refill took
+    BATCHREFILL_LIMIT = 16, one went to the size-1024 slab's descriptor)."""
+    e = arrays()
+    a = e.mkdir(e.root, "a")
+    e.alloc(e.cache("size-1024"), 1, a)
+    ac = copy_of(e, a, "size-64").arrays[0]
+    assert (ac.avail, ac.touched) == (15, True)
+    e.cache_reap()
+    assert (ac.avail, ac.touched) == (15, False)
+    e.cache_reap()
+    assert ac.avail == 7
+    assert check(e) == []
+
+
 def test_reap_is_cache_reap_until_nothing_changes():
     """The control plane's `reap`: every array drained (__cache_shrink -> drain_cpu_caches),
     then every empty slab destroyed, as many cache_reap passes would."""

@@ -90,6 +90,24 @@ def test_a_bad_record_in_the_middle_raises():
         list(read_trace(io.StringIO(text))[1])
 
 
+@pytest.mark.parametrize("field,word,msg", [
+    ("op", "migrate", "op 'migrate', expected one of alloc, free, fork, exit"),
+    ("context", "irq", "context 'irq', expected one of task, softirq, hardirq, nmi"),
+    ("accounted", "yes", "accounted 'yes', expected 0 or 1")])
+def test_a_word_outside_its_set_is_a_format_error(field, word, msg):
+    # docs/trace.md's field table lists each closed set; replay dispatches on op, so an
+    # unknown word must stop the reading with the record's number, not crash a replay.
+    f = tf.encode(ev()).split("\t")
+    f[list(Event._fields[1:]).index(field)] = word
+    bad = "\t".join(f) + "\n"
+    good = tf.encode(ev()) + "\n"
+    head = Header().to_json() + "\n"
+    with pytest.raises(TraceFormatError, match=f"record 1: {msg}"):
+        list(read_trace(io.StringIO(head + good + bad + good))[1])
+    with pytest.raises(TraceFormatError, match=f"record 3: {msg}"):
+        tf.decode(bad, 3)
+
+
 def test_tabs_and_newlines_in_text_fields_cannot_break_records():
     e = ev(comm="a\tb\nc", call_site="x\ty")
     buf = io.StringIO()

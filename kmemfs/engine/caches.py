@@ -111,7 +111,8 @@ class CacheOps:
                       accounted: bool = False) -> KmemCache:
         """mem_cgroup_get_kmem_cache (05/10): which cache serves this allocation. Whether
         it is charged at all is the design's decision (policy.py)."""
-        # Cheapest tests first (every replayed allocation): a copy, no memcg, root, removed.
+        # Cheapest tests first (every replayed allocation): a copy, no memcg, root, removed;
+        # the design as Engine.policy gives it, without the property call.
         if orig.orig is not None or memcg is None or memcg.parent is None or memcg.removed \
                 or not _policy.DESIGNS[self.config.design].charges(int(gfp), irq, accounted):
             return orig

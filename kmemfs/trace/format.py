@@ -122,10 +122,23 @@ def encode(ev: Event) -> str:
             f"{cs}\t{ev.child}\t{comm}")
 
 
+def _refuse(f, seq: int) -> None:
+    """The fields that take one of a few words (replay dispatches on op): anything else is
+    a corrupt record, named, never a replay's traceback."""
+    if f[2] not in OPS:
+        raise TraceFormatError(f"record {seq}: op {f[2]!r}, expected one of {', '.join(OPS)}")
+    if f[8] not in CONTEXTS:
+        raise TraceFormatError(f"record {seq}: context {f[8]!r}, "
+                               f"expected one of {', '.join(CONTEXTS)}")
+    raise TraceFormatError(f"record {seq}: accounted {f[9]!r}, expected 0 or 1")
+
+
 def decode(line: str, seq: int) -> Event:
     f = line.rstrip("\n").split("\t")
     if len(f) != len(FIELDS):
         raise TraceFormatError(f"record {seq}: {len(f)} fields, expected {len(FIELDS)}")
+    if f[2] not in OPS or f[8] not in CONTEXTS or f[9] not in ("0", "1"):
+        _refuse(f, seq)
     try:
         return Event(seq, int(f[0]), int(f[1]), f[2], f[3], int(f[4], 16), int(f[5]),
                      int(f[6]), f[7], f[8], f[9] == "1", f[10], int(f[11]), f[12])
@@ -170,6 +183,7 @@ def read_trace(path_or_file) -> tuple[Header, Iterator[Event]]:
 def _records(f: IO[str]) -> Iterator[Event]:
     new = tuple.__new__
     n = len(FIELDS)
+    ops, contexts, flags = frozenset(OPS), frozenset(CONTEXTS), frozenset(("0", "1"))
     seq = 0
     for line in f:
         r = line.split("\t")
@@ -182,6 +196,8 @@ def _records(f: IO[str]) -> Iterator[Event]:
                 return                          # a capture cut short mid-record
             yield ev
             return
+        if r[2] not in ops or r[8] not in contexts or r[9] not in flags:
+            _refuse(r, seq)
         try:
             yield new(Event, (seq, int(r[0]), int(r[1]), r[2], r[3], int(r[4], 16), int(r[5]),
                               int(r[6]), r[7], r[8], r[9] == "1", r[10], int(r[11]),
