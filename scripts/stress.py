@@ -32,6 +32,8 @@ READABLE = ["memory.usage_in_bytes", "memory.stat", "memory.kmem.slabinfo", "tas
             "memory.numa_stat", "cgroup.procs"]
 CACHES = ["dentry", "inode_cache", "size-64", "size-512", "task_struct", "radix_tree_node",
           "buffer_head", "vm_area_struct"]
+KMALLOC_SIZES = [32, 100, 1000, 4096]
+MANY = 10 ** 7                    # a count above what any cleanup can find
 GONE = {E.ENOENT}                 # the cgroup (or its parent) is not there (any more)
 STALE = {E.ENODEV}                # a file of a cgroup removed after the open
 # op -> errnos the rules allow besides success (docs/semantics.md §9, §12-14; docs/ctl.md)
@@ -166,7 +168,7 @@ class Stress:
         cmd = rng.choice([
             f"alloc {rng.choice(CACHES)} {rng.randrange(1, 400)}",
             f"alloc {rng.choice(CACHES)} {rng.randrange(1, 50)} gfp=GFP_NOFS",
-            f"kmalloc {rng.choice([32, 100, 1000, 4096])} {rng.randrange(1, 100)}",
+            f"kmalloc {rng.choice(KMALLOC_SIZES)} {rng.randrange(1, 100)}",
             f"touch {rng.randrange(1, 300)}",
             f"charge {rng.choice(['anon', 'file'])} {rng.choice(['64K', '256K', '1M', '3M'])}",
             f"uncharge {rng.choice(['anon', 'file'])} {rng.choice(['64K', '1M'])}",
@@ -346,6 +348,15 @@ class Stress:
                 break
             time.sleep(0.1)       # a real child still exiting
         r["cgroups removed"] = removed
+        # A removed cgroup's objects in global caches went to root's pool (rmdir, docs/
+        # semantics.md section 9): free them too, or an off-slab slab among them keeps its
+        # descriptor in the dead size-N copy of the cgroup that grew it.
+        held = [f"free {c}" for c in CACHES] + [f"kfree {n}" for n in KMALLOC_SIZES]
+        for cmd in held:
+            try:
+                harness.ctl(self.mp, f"{cmd} {MANY} cg=/\n")
+            except OSError:
+                pass          # fewer than MANY: all of them are freed
         harness.ctl(self.mp, "drop_caches\n")
         # objects made with `alloc`/`kmalloc` are pinned until freed: free the dead copies'
         # (a reap first drains the array caches, so active objects are the held ones, plus

@@ -81,6 +81,48 @@ def test_off_slab_descriptor_is_charged_to_the_allocating_cgroup():
     assert check(e) == []
 
 
+def test_global_objects_of_a_removed_cgroup_stay_freeable_and_release_its_dead_copy():
+    """05/10 mem_cgroup_get_kmem_cache picks the *current* task's copy for the descriptor
+    too: a GFP_ATOMIC size-1024 allocation goes to the global cache (the copy's creation is
+    queued) but its slabs' descriptors come from a's existing size-64 copy. After rmdir that
+    dead copy lives as long as those global slabs (as on 3.3). The objects pass to the
+    parent's pool (docs/semantics.md section 9), so `free size-1024` in root still reaches
+    them, and with their slabs goes the dead copy. scripts/stress.py found the leak."""
+    from kmemfs.engine.gfp import GFP_ATOMIC
+    e = make_engine()
+    a = e.mkdir(e.root, "a")
+    e.free(e.alloc(e.cache("size-64"), 1, a).cache, a.pool, 1)    # a's size-64 copy exists
+    r = e.alloc(e.cache("size-1024"), 5, a, gfp=GFP_ATOMIC)
+    assert r.ok and r.cache is e.cache("size-1024")               # 2 global slabs of 4
+    desc = copy_of(e, a, "size-64")
+    assert desc.active_objs == 2 and a.kmem.usage == PAGE          # only the descriptors' page
+    e.rmdir(a)
+    assert desc.dead and not desc.destroyed
+    assert e.free_named("size-1024", 5, e.root) == 5
+    e.reap()
+    assert desc.destroyed and not any(c.dead for c in e.caches)
+    assert check(e) == []
+
+
+def test_the_parents_pool_frees_the_removed_cgroups_objects_newest_first():
+    """The heir's runs and the removed cgroup's make one list in allocation order: root's 3
+    size-1024 objects, then a's 5 (one in root's slab, 4 in a new one whose descriptor is a's)
+    so `free size-1024 5` in root frees a's and leaves root's own."""
+    from kmemfs.engine.gfp import GFP_ATOMIC
+    e = make_engine()
+    a = e.mkdir(e.root, "a")
+    e.free(e.alloc(e.cache("size-64"), 1, a).cache, a.pool, 1)
+    e.alloc(e.cache("size-1024"), 3, e.root)
+    e.alloc(e.cache("size-1024"), 5, a, gfp=GFP_ATOMIC)
+    desc = copy_of(e, a, "size-64")
+    assert desc.active_objs == 1
+    e.rmdir(a)
+    assert e.free_named("size-1024", 5, e.root) == 5
+    e.reap()
+    assert desc.destroyed and e.root.pool.count(e.cache("size-1024")) == 3
+    assert check(e) == []
+
+
 def test_interrupt_context_descriptor_comes_from_the_global_cache():
     """05/10 mem_cgroup_get_kmem_cache: in_interrupt() -> the original cache, for the object and
     for the descriptor alike: nothing is charged."""

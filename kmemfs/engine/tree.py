@@ -41,6 +41,7 @@ class TreeOps:
         self._check_empty(memcg)
         self.drain_all_stock(memcg)
         self.memcg_kmem_move(memcg)
+        self._pool_to_parent(memcg)
         self._move_user_pages(memcg)
         if memcg.res.usage:
             # Left-over res (independent toggled with charges out, docs/semantics.md section 9):
@@ -107,6 +108,22 @@ class TreeOps:
                 self.root.quirks.add("kmem_leak_moved_twice")
             self.root.kmem.charge_nofail(amount)
             self.root.res.charge_nofail(amount)
+
+    def _pool_to_parent(self, memcg: Memcg) -> None:
+        """The cgroup's `alloc`/`kmalloc` objects in global caches (interrupt context,
+        NOACCOUNT/NOFAIL, a copy not yet created) were never charged to it and outlive it, as
+        on 3.3. The parent's pool takes them so that `free NAME` there still reaches them (a
+        dead copy's stay, reached by the copy's name): else an off-slab one's descriptor, from
+        this cgroup's size-N copy, would pin that dead copy for good. Nothing is charged."""
+        pool, heir = memcg.pool, memcg.parent.pool
+        for cache in [c for c in pool.runs if c.orig is None]:
+            runs = pool.runs.pop(cache)
+            del cache.holders[pool]
+            if cache in heir.runs:     # one list, newest last: runs are [slab, count, seq]
+                runs = sorted(heir.runs[cache] + runs, key=lambda r: r[2])
+            else:
+                cache.holders[heir] = None
+            heir.runs[cache] = runs
 
     def _move_user_pages(self, memcg: Memcg) -> None:
         """mem_cgroup_move_parent for every LRU page; the parent may reclaim but not OOM."""
