@@ -355,8 +355,9 @@ class Stress:
         for cmd in held:
             try:
                 harness.ctl(self.mp, f"{cmd} {MANY} cg=/\n")
-            except OSError:
-                pass          # fewer than MANY: all of them are freed
+            except OSError as e:
+                if e.errno != E.EINVAL:
+                    raise     # EINVAL: fewer than MANY, and all of them are freed
         harness.ctl(self.mp, "drop_caches\n")
         # objects made with `alloc`/`kmalloc` are pinned until freed: free the dead copies'
         # (a reap first drains the array caches, so active objects are the held ones, plus

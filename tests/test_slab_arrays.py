@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kmemfs.engine import Config, Engine, check, load_catalogue
+from kmemfs.engine import Config, Engine, EngineError, check, load_catalogue
 from kmemfs.engine.catalogue import (enable_cpucache, off_slab, parse as parse_catalogue,
                                      slab_geometry)
 
@@ -105,7 +105,8 @@ def test_global_objects_of_a_removed_cgroup_stay_freeable_and_release_its_dead_c
 
 
 def test_the_parents_pool_frees_the_removed_cgroups_objects_newest_first():
-    """The heir's runs and the removed cgroup's make one list in allocation order: root's 3
+    """The heir's runs and the removed cgroup's make one list ordered by each run's newest
+    object (free_named's order): root's 3
     size-1024 objects, then a's 5 (one in root's slab, 4 in a new one whose descriptor is a's)
     so `free size-1024 5` in root frees a's and leaves root's own."""
     from kmemfs.engine.gfp import GFP_ATOMIC
@@ -120,6 +121,23 @@ def test_the_parents_pool_frees_the_removed_cgroups_objects_newest_first():
     assert e.free_named("size-1024", 5, e.root) == 5
     e.reap()
     assert desc.destroyed and e.root.pool.count(e.cache("size-1024")) == 3
+    assert check(e) == []
+
+
+def test_a_failed_rmdir_keeps_the_cgroups_global_objects():
+    """3.3.8 mem_cgroup_force_empty: a parent that cannot take the pages (limit, no reclaim
+    possible) makes rmdir EBUSY and the cgroup stays, its objects with it."""
+    from kmemfs.engine.gfp import GFP_ATOMIC
+    e = make_engine()
+    p = e.mkdir(e.root, "p")
+    c = e.mkdir(p, "c")
+    e.set_limit(p, 1 << 20)
+    e.alloc(e.cache("size-1024"), 5, c, gfp=GFP_ATOMIC)
+    e.charge_user(c, "anon", 2 << 20)
+    with pytest.raises(EngineError) as ex:
+        e.rmdir(c)
+    assert ex.value.errno == errno.EBUSY and not c.removed
+    assert e.free_named("size-1024", 5, p) == 0 and e.free_named("size-1024", 5, c) == 5
     assert check(e) == []
 
 

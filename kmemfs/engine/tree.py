@@ -41,7 +41,6 @@ class TreeOps:
         self._check_empty(memcg)
         self.drain_all_stock(memcg)
         self.memcg_kmem_move(memcg)
-        self._pool_to_parent(memcg)
         self._move_user_pages(memcg)
         if memcg.res.usage:
             # Left-over res (independent toggled with charges out, docs/semantics.md section 9):
@@ -49,6 +48,7 @@ class TreeOps:
             raise EngineError(errno.EINTR, f"res usage {memcg.res.usage} never drains "
                               "(independent_kmem_limit toggled with charges out, "
                               "docs/semantics.md section 9)")
+        self._pool_to_parent(memcg)              # only once nothing can fail any more
         if memcg.memsw.parent is not None:       # its never-uncharged kmem stays up there
             memcg.parent.kmem_in_memsw += memcg.kmem_in_memsw
         del memcg.parent.children[memcg.name]
