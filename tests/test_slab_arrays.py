@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kmemfs.engine import Config, Engine, EngineError, check, load_catalogue
+from kmemfs.engine import GFP_ATOMIC, Config, Engine, EngineError, check, load_catalogue
 from kmemfs.engine.catalogue import (enable_cpucache, off_slab, parse as parse_catalogue,
                                      slab_geometry)
 
@@ -88,7 +88,6 @@ def test_global_objects_of_a_removed_cgroup_stay_freeable_and_release_its_dead_c
     dead copy lives as long as those global slabs (as on 3.3). The objects pass to the
     parent's pool (docs/semantics.md section 9), so `free size-1024` in root still reaches
     them, and with their slabs goes the dead copy. scripts/stress.py found the leak."""
-    from kmemfs.engine.gfp import GFP_ATOMIC
     e = make_engine()
     a = e.mkdir(e.root, "a")
     e.free(e.alloc(e.cache("size-64"), 1, a).cache, a.pool, 1)    # a's size-64 copy exists
@@ -109,7 +108,6 @@ def test_the_parents_pool_frees_the_removed_cgroups_objects_newest_first():
     object (free_named's order): root's 3
     size-1024 objects, then a's 5 (one in root's slab, 4 in a new one whose descriptor is a's)
     so `free size-1024 5` in root frees a's and leaves root's own."""
-    from kmemfs.engine.gfp import GFP_ATOMIC
     e = make_engine()
     a = e.mkdir(e.root, "a")
     e.free(e.alloc(e.cache("size-64"), 1, a).cache, a.pool, 1)
@@ -127,7 +125,6 @@ def test_the_parents_pool_frees_the_removed_cgroups_objects_newest_first():
 def test_a_failed_rmdir_keeps_the_cgroups_global_objects():
     """3.3.8 mem_cgroup_force_empty: a parent that cannot take the pages (limit, no reclaim
     possible) makes rmdir EBUSY and the cgroup stays, its objects with it."""
-    from kmemfs.engine.gfp import GFP_ATOMIC
     e = make_engine()
     p = e.mkdir(e.root, "p")
     c = e.mkdir(p, "c")
